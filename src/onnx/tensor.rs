@@ -1,0 +1,139 @@
+//! Tensor element types and access to a tensor's bytes in any of the format's storage forms.
+
+use super::external::ExternalData;
+use super::proto::tensor_proto::DataLocation;
+use super::proto::TensorProto;
+use super::{display, OnnxError};
+use bytes::Bytes;
+use std::path::Path;
+
+pub use super::proto::tensor_proto::DataType;
+
+/// Size in bytes of one element, for types that have a whole-byte size.
+pub fn dtype_size(data_type: i32) -> Option<usize> {
+    use DataType::*;
+    Some(match DataType::try_from(data_type).ok()? {
+        Float | Int32 | Uint32 => 4,
+        Uint8 | Int8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
+        | Float8e8m0 => 1,
+        Uint16 | Int16 | Float16 | Bfloat16 => 2,
+        Int64 | Uint64 | Double | Complex64 => 8,
+        Complex128 => 16,
+        Undefined | String | Uint4 | Int4 | Float4e2m1 | Uint2 | Int2 => return None,
+    })
+}
+
+/// The type's name as the ONNX spec spells it (`FLOAT`, `INT64`, ...).
+pub fn dtype_name(data_type: i32) -> String {
+    DataType::try_from(data_type)
+        .map(|t| t.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("<unknown type {data_type}>"))
+}
+
+pub(crate) fn numel(tensor: &TensorProto) -> Option<u64> {
+    tensor
+        .dims
+        .iter()
+        .try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
+}
+
+/// Expected byte length of the tensor's data, where the type has a whole-byte size.
+pub(crate) fn expected_len(tensor: &TensorProto) -> Option<u64> {
+    let size = dtype_size(tensor.data_type()) as Option<usize>;
+    numel(tensor)?.checked_mul(size? as u64)
+}
+
+pub(crate) fn tensor_bytes(tensor: &TensorProto, external: &ExternalData, path: &Path) -> Result<Bytes, OnnxError> {
+    let bytes = if tensor.data_location() == DataLocation::External {
+        external.read(tensor, path)?
+    } else if let Some(raw) = &tensor.raw_data {
+        raw.clone()
+    } else {
+        typed_bytes(tensor).map_err(|why| bad(tensor, path, why))?
+    };
+    match expected_len(tensor) {
+        Some(n) if n != bytes.len() as u64 => Err(bad(
+            tensor,
+            path,
+            format!("holds {} bytes but its shape {:?} and type {} need {n}", bytes.len(), tensor.dims, dtype_name(tensor.data_type())),
+        )),
+        _ => Ok(bytes),
+    }
+}
+
+fn bad(tensor: &TensorProto, path: &Path, why: String) -> OnnxError {
+    OnnxError::TensorData {
+        path: display(path),
+        tensor: tensor.name().to_string(),
+        why,
+    }
+}
+
+/// Converts the typed repeated fields (`float_data`, `int32_data`, ...) to raw bytes.
+fn typed_bytes(t: &TensorProto) -> Result<Bytes, String> {
+    use DataType::*;
+    let dt = DataType::try_from(t.data_type()).map_err(|_| format!("unknown data type {}", t.data_type()))?;
+    let out: Vec<u8> = match dt {
+        Float | Complex64 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Double | Complex128 => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Int64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Uint64 => t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Uint32 => t.uint64_data.iter().flat_map(|&v| (v as u32).to_le_bytes()).collect(),
+        Int32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Int16 | Uint16 | Float16 | Bfloat16 => t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect(),
+        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz | Float8e8m0 => {
+            t.int32_data.iter().map(|&v| v as u8).collect()
+        }
+        Uint4 | Int4 | Float4e2m1 | Uint2 | Int2 => t.int32_data.iter().map(|&v| v as u8).collect(),
+        String => return Err("string tensors have no byte representation".into()),
+        Undefined => return Err("data type is UNDEFINED".into()),
+    };
+    Ok(Bytes::from(out))
+}
+
+/// Decodes little-endian bytes of a float tensor to f32.
+pub(crate) fn to_f32(tensor: &TensorProto, bytes: &[u8], path: &Path) -> Result<Vec<f32>, OnnxError> {
+    use DataType::*;
+    let dt = DataType::try_from(tensor.data_type()).unwrap_or(Undefined);
+    Ok(match dt {
+        Float => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        Double => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        Float16 => bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        Bfloat16 => bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        _ => return Err(bad(tensor, path, format!("expected a floating-point tensor, found {}", dtype_name(tensor.data_type())))),
+    })
+}
+
+/// IEEE half to single precision, exact for every input (subnormals, inf, NaN).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: value = f * 2^-24.
+            let v = f as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7e00).is_nan());
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+    }
+}

@@ -1,0 +1,7 @@
+//! Running models: ONNX Runtime ([`ort`]) to execute, tract ([`tract`]) to infer
+//! shapes and types without executing.
+
+pub mod ort;
+pub mod tract;
+
+pub use self::ort::{Ep, HostTensor, RuntimeError, Session};

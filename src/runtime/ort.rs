@@ -1,0 +1,306 @@
+//! ONNX Runtime through the `ort` crate, loaded dynamically from a stock library.
+//!
+//! The library is found at `ORT_DYLIB_PATH`, else in the project cache that
+//! `.ci/setup` fills (`.cache/ort/libonnxruntime.so.*`). The CUDA execution provider
+//! is registered with `error_on_failure`: a machine without a working CUDA setup
+//! gets an error naming what is missing, never a silent fall-back to the CPU.
+
+use ndarray::{ArrayD, IxDyn};
+use ort::session::builder::SessionBuilder;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("ONNX Runtime library not found: {0}")]
+    LibraryNotFound(String),
+    #[error("ONNX Runtime library {path} could not be loaded: {why}")]
+    LibraryLoad { path: String, why: String },
+    #[error("the CUDA execution provider could not be registered: {why}\n{hint}")]
+    Cuda { why: String, hint: String },
+    #[error("{model}: ONNX Runtime refused the model: {why}")]
+    Session { model: String, why: String },
+    #[error("{model}: run failed: {why}")]
+    Run { model: String, why: String },
+    #[error("{model}: {why}")]
+    Value { model: String, why: String },
+}
+
+/// Which execution provider runs a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ep {
+    #[default]
+    Cpu,
+    Cuda { device: i32 },
+}
+
+impl std::str::FromStr for Ep {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ep, String> {
+        match s {
+            "cpu" => Ok(Ep::Cpu),
+            "cuda" => Ok(Ep::Cuda { device: 0 }),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(device)) => Ok(Ep::Cuda { device }),
+                _ => Err(format!("unknown execution provider '{s}': use cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+const LIB_PREFIX: &str = "libonnxruntime.so.";
+
+/// The ONNX Runtime library to load: `ORT_DYLIB_PATH`, else the newest
+/// `libonnxruntime.so.*` in a project cache folder.
+pub fn library_path() -> Result<PathBuf, RuntimeError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(RuntimeError::LibraryNotFound(format!("ORT_DYLIB_PATH points to {}, which is not a file", p.display())))
+        };
+    }
+    let mut dirs: Vec<PathBuf> = vec![];
+    if let Some(cache) = std::env::var_os("NEFT_CACHE") {
+        dirs.push(PathBuf::from(cache).join("ort"));
+    }
+    dirs.push(PathBuf::from(".cache/ort"));
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/ort"));
+    for dir in &dirs {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(LIB_PREFIX)))
+            .collect();
+        found.sort_by_key(|p| version_key(p));
+        if let Some(p) = found.pop() {
+            return Ok(p);
+        }
+    }
+    let tried: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    Err(RuntimeError::LibraryNotFound(format!(
+        "ORT_DYLIB_PATH is not set and no {LIB_PREFIX}* is in {}; run `bash .ci/setup` to fetch it",
+        tried.join(", ")
+    )))
+}
+
+fn version_key(p: &Path) -> Vec<u64> {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.trim_start_matches(LIB_PREFIX).split('.').map(|s| s.parse().unwrap_or(0)).collect()
+}
+
+static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    let entry = ENVIRONMENT.get_or_init(|| {
+        let path = library_path().map_err(|e| e.to_string())?;
+        let env = ort::init_from(&path)
+            .map_err(|e| format!("ONNX Runtime library {} could not be loaded: {e}", path.display()))?
+            .with_name("neft")
+            .build()
+            .map_err(|e| format!("ONNX Runtime library {} could not start: {e}", path.display()))?;
+        Ok((env, path))
+    });
+    match entry {
+        Ok((env, _)) => Ok(env),
+        Err(why) => Err(RuntimeError::LibraryLoad { path: "ONNX Runtime".into(), why: why.clone() }),
+    }
+}
+
+/// The library file in use (after [`environment`] succeeded).
+pub fn loaded_library() -> Option<&'static Path> {
+    ENVIRONMENT.get()?.as_ref().ok().map(|(_, p)| p.as_path())
+}
+
+/// A host-side tensor passed to or returned from a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostTensor {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+    I64(ArrayD<i64>),
+    I32(ArrayD<i32>),
+    Bool(ArrayD<bool>),
+    U8(ArrayD<u8>),
+}
+
+impl HostTensor {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            HostTensor::F32(a) => a.shape(),
+            HostTensor::F64(a) => a.shape(),
+            HostTensor::I64(a) => a.shape(),
+            HostTensor::I32(a) => a.shape(),
+            HostTensor::Bool(a) => a.shape(),
+            HostTensor::U8(a) => a.shape(),
+        }
+    }
+
+    pub fn f32(shape: &[usize], data: Vec<f32>) -> HostTensor {
+        HostTensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape matches data"))
+    }
+
+    pub fn i64(shape: &[usize], data: Vec<i64>) -> HostTensor {
+        HostTensor::I64(ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape matches data"))
+    }
+
+    pub fn as_f32(&self) -> Option<&ArrayD<f32>> {
+        match self {
+            HostTensor::F32(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<&ArrayD<f64>> {
+        match self {
+            HostTensor::F64(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn to_value(&self) -> ort::Result<DynValue> {
+        fn dyn_tensor<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+            a: &ArrayD<T>,
+        ) -> ort::Result<DynValue> {
+            Ok(Tensor::from_array(a.clone())?.into_dyn())
+        }
+        match self {
+            HostTensor::F32(a) => dyn_tensor(a),
+            HostTensor::F64(a) => dyn_tensor(a),
+            HostTensor::I64(a) => dyn_tensor(a),
+            HostTensor::I32(a) => dyn_tensor(a),
+            HostTensor::Bool(a) => dyn_tensor(a),
+            HostTensor::U8(a) => dyn_tensor(a),
+        }
+    }
+
+    fn from_value(v: &DynValue) -> Result<HostTensor, String> {
+        let ValueType::Tensor { ty, .. } = v.dtype() else {
+            return Err(format!("output is a {:?}, not a tensor", v.dtype()));
+        };
+        fn get<T: ort::value::PrimitiveTensorElementType + Clone>(v: &DynValue) -> Result<ArrayD<T>, String> {
+            v.try_extract_array::<T>().map(|a| a.to_owned()).map_err(|e| e.to_string())
+        }
+        Ok(match ty {
+            TensorElementType::Float32 => HostTensor::F32(get(v)?),
+            TensorElementType::Float64 => HostTensor::F64(get(v)?),
+            TensorElementType::Int64 => HostTensor::I64(get(v)?),
+            TensorElementType::Int32 => HostTensor::I32(get(v)?),
+            TensorElementType::Bool => HostTensor::Bool(get(v)?),
+            TensorElementType::Uint8 => HostTensor::U8(get(v)?),
+            other => return Err(format!("outputs of type {other:?} are not supported")),
+        })
+    }
+}
+
+/// An ONNX Runtime session with the name of the model it runs (for messages).
+pub struct Session {
+    pub inner: ort::session::Session,
+    pub ep: Ep,
+    label: String,
+}
+
+/// Options for a new session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    pub ep: Ep,
+    /// Intra-op threads; `None` lets ONNX Runtime choose.
+    pub threads: Option<usize>,
+}
+
+impl Session {
+    /// A session for the model file at `path` (external data are read relative to it).
+    pub fn from_file(path: &Path, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+        let label = path.display().to_string();
+        let mut builder = builder(opts, &label)?;
+        let inner = builder.commit_from_file(path).map_err(|e| RuntimeError::Session { model: label.clone(), why: e.to_string() })?;
+        Ok(Session { inner, ep: opts.ep, label })
+    }
+
+    /// A session for a serialized model without external data.
+    pub fn from_bytes(bytes: &[u8], label: &str, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+        let mut builder = builder(opts, label)?;
+        let inner = builder.commit_from_memory(bytes).map_err(|e| RuntimeError::Session { model: label.into(), why: e.to_string() })?;
+        Ok(Session { inner, ep: opts.ep, label: label.into() })
+    }
+
+    pub fn input_names(&self) -> Vec<String> {
+        self.inner.inputs().iter().map(|o| o.name().to_string()).collect()
+    }
+
+    pub fn output_names(&self) -> Vec<String> {
+        self.inner.outputs().iter().map(|o| o.name().to_string()).collect()
+    }
+
+    /// Runs with named inputs and returns every output by name.
+    pub fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        let err = |why: String| RuntimeError::Run { model: self.label.clone(), why };
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            let v = t.to_value().map_err(|e| err(format!("input '{name}': {e}")))?;
+            values.push((std::borrow::Cow::Owned(name.to_string()), ort::session::SessionInputValue::from(v)));
+        }
+        let names = self.output_names();
+        let outputs = self.inner.run(values).map_err(|e| err(e.to_string()))?;
+        names
+            .into_iter()
+            .map(|n| {
+                let v = outputs.get(&n).ok_or_else(|| err(format!("output '{n}' missing")))?;
+                let t = HostTensor::from_value(v).map_err(|why| err(format!("output '{n}': {why}")))?;
+                Ok((n, t))
+            })
+            .collect()
+    }
+}
+
+fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, RuntimeError> {
+    let env = environment()?;
+    let session_err = |why: String| RuntimeError::Session { model: label.into(), why };
+    let mut b = ort::session::Session::builder(env).map_err(|e| session_err(e.to_string()))?;
+    if let Some(n) = opts.threads {
+        b = b.with_intra_threads(n).map_err(|e| session_err(e.to_string()))?;
+    }
+    if let Ep::Cuda { device } = opts.ep {
+        let cuda = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
+        b = b.with_execution_providers([cuda]).map_err(|e| RuntimeError::Cuda { why: e.to_string(), hint: cuda_hint() })?;
+    }
+    Ok(b)
+}
+
+/// Which of the files the CUDA provider needs cannot be found, and how to get them.
+fn cuda_hint() -> String {
+    let lib_dir = loaded_library().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = vec![lib_dir.clone()];
+    if let Some(ld) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&ld));
+    }
+    dirs.extend(["/usr/lib/x86_64-linux-gnu", "/usr/local/cuda/lib64", "/usr/lib64"].map(PathBuf::from));
+    let needed = [
+        "libonnxruntime_providers_cuda.so",
+        "libonnxruntime_providers_shared.so",
+        "libcudart.so.13",
+        "libcublas.so.13",
+        "libcublasLt.so.13",
+        "libcurand.so.10",
+        "libcufft.so.12",
+        "libcudnn.so.9",
+    ];
+    let missing: Vec<&str> = needed.iter().copied().filter(|f| !dirs.iter().any(|d| d.join(f).exists())).collect();
+    let mut hint = String::new();
+    if missing.is_empty() {
+        hint.push_str("All the expected CUDA libraries were found; check the driver (nvidia-smi) and the message above.");
+    } else {
+        hint.push_str(&format!("Not found beside the ONNX Runtime library or on LD_LIBRARY_PATH: {}.", missing.join(", ")));
+    }
+    hint.push_str(
+        "\nThe CUDA provider comes from the onnxruntime-gpu 1.31.1 wheel (CUDA 13): put its libonnxruntime.so.1.31.1 \
+         and libonnxruntime_providers_*.so in one folder, point ORT_DYLIB_PATH at the first, and add the \
+         nvidia-* CUDA 13 wheels' lib folders (cuda-runtime, cublas, curand, cufft, cudnn) to LD_LIBRARY_PATH. \
+         See README.md, section GPU.",
+    );
+    hint
+}
