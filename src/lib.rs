@@ -1,7 +1,9 @@
 //! neft: neuron-level fine-tuning (NeFT) compiled into ONNX graphs and run on stock
 //! ONNX Runtime. See README.md for the flow; each module owns one stage of it.
 
+pub mod analyze;
 pub mod fsutil;
+pub mod inspect;
 pub mod ir;
 pub mod onnx;
 pub mod runtime;

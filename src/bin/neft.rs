@@ -1,1 +1,60 @@
-fn main() {}
+//! `neft`: the command line. Results go to stdout (`--json` for machines), progress
+//! and errors to stderr. Exit codes: 0 success, 1 error, 2 bad usage.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use neft::{inspect, ir, onnx};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "neft",
+    version,
+    about = "Neuron-level fine-tuning for ONNX models, on stock ONNX Runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a model is: format, inputs and outputs, op mix, parameters, and the
+    /// trainable layers (MatMul, Gemm, Conv with an initializer weight) with their neurons.
+    Inspect {
+        /// The .onnx file (external data are read from its folder).
+        model: PathBuf,
+        /// Print JSON instead of text (fields documented in README.md).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Inspect { model, json } => {
+            let m = onnx::load(&model)?;
+            let graph = ir::Graph::from_proto(m.graph())
+                .with_context(|| format!("{}: invalid graph", model.display()))?;
+            let summary = inspect::summarize(&m, &graph);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", inspect::render_text(&summary));
+            }
+            Ok(())
+        }
+    }
+}

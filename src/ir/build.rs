@@ -42,8 +42,16 @@ impl Graph {
     }
 
     /// [`Graph::add_node`] for the common single-output case.
-    pub fn add1(&mut self, op_type: &str, inputs: &[&str], attributes: Vec<AttributeProto>, hint: &str) -> Result<TensorName, IrError> {
-        Ok(self.add_node(op_type, inputs, 1, attributes, hint)?.remove(0))
+    pub fn add1(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+        hint: &str,
+    ) -> Result<TensorName, IrError> {
+        Ok(self
+            .add_node(op_type, inputs, 1, attributes, hint)?
+            .remove(0))
     }
 
     /// Labels the nodes added from now on with the pass that adds them (`None` stops).
@@ -58,23 +66,41 @@ pub mod attr {
     use crate::onnx::proto::{AttributeProto, TensorProto};
 
     fn base(name: &str, ty: AttributeType) -> AttributeProto {
-        let mut a = AttributeProto { name: Some(name.into()), ..Default::default() };
+        let mut a = AttributeProto {
+            name: Some(name.into()),
+            ..Default::default()
+        };
         a.set_type(ty);
         a
     }
     pub fn int(name: &str, v: i64) -> AttributeProto {
-        AttributeProto { i: Some(v), ..base(name, AttributeType::Int) }
+        AttributeProto {
+            i: Some(v),
+            ..base(name, AttributeType::Int)
+        }
     }
     pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto { ints: v.to_vec(), ..base(name, AttributeType::Ints) }
+        AttributeProto {
+            ints: v.to_vec(),
+            ..base(name, AttributeType::Ints)
+        }
     }
     pub fn float(name: &str, v: f32) -> AttributeProto {
-        AttributeProto { f: Some(v), ..base(name, AttributeType::Float) }
+        AttributeProto {
+            f: Some(v),
+            ..base(name, AttributeType::Float)
+        }
     }
     pub fn string(name: &str, v: &str) -> AttributeProto {
-        AttributeProto { s: Some(v.as_bytes().to_vec().into()), ..base(name, AttributeType::String) }
+        AttributeProto {
+            s: Some(v.as_bytes().to_vec().into()),
+            ..base(name, AttributeType::String)
+        }
     }
     pub fn tensor(name: &str, v: TensorProto) -> AttributeProto {
-        AttributeProto { t: Some(v), ..base(name, AttributeType::Tensor) }
+        AttributeProto {
+            t: Some(v),
+            ..base(name, AttributeType::Tensor)
+        }
     }
 }

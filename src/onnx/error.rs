@@ -25,7 +25,9 @@ pub enum OnnxError {
         location: String,
         why: &'static str,
     },
-    #[error("{path}: tensor '{tensor}': external data file '{location}' cannot be opened: {source}")]
+    #[error(
+        "{path}: tensor '{tensor}': external data file '{location}' cannot be opened: {source}"
+    )]
     MissingExternal {
         path: String,
         tensor: String,

@@ -24,7 +24,10 @@ pub fn load(path: impl AsRef<Path>) -> Result<Model, OnnxError> {
     }
     // SAFETY: read-only map; see ExternalData::map for the contract.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| OnnxError::io(path, e))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut model = load_bytes(Bytes::from_owner(map), dir, path)?;
     model.path = path.to_path_buf();
     Ok(model)
@@ -55,7 +58,9 @@ fn check(model: &Model) -> Result<(), OnnxError> {
     };
     let proto = &model.proto;
     let Some(graph) = &proto.graph else {
-        return Err(invalid("it has no graph (field ModelProto.graph); is this an ONNX model file?".into()));
+        return Err(invalid(
+            "it has no graph (field ModelProto.graph); is this an ONNX model file?".into(),
+        ));
     };
     if proto.ir_version.is_none() {
         return Err(invalid("field ModelProto.ir_version is missing".into()));

@@ -8,6 +8,7 @@
 mod error;
 mod external;
 mod load;
+pub mod make;
 mod save;
 mod tensor;
 mod walk;
@@ -22,7 +23,7 @@ pub use error::OnnxError;
 pub use external::{ExternalData, ExternalWriter};
 pub use load::{decode, load, load_bytes};
 pub use save::{encode, save, PROTOBUF_LIMIT};
-pub use tensor::{dtype_name, dtype_size, DataType};
+pub use tensor::{dtype_name, dtype_size, embedded_i64, f16_to_f32, DataType};
 pub use walk::for_each_tensor;
 
 use std::path::{Path, PathBuf};
@@ -51,7 +52,10 @@ impl Model {
     }
 
     pub fn graph(&self) -> &proto::GraphProto {
-        self.proto.graph.as_ref().expect("Model always has a graph (checked at load)")
+        self.proto
+            .graph
+            .as_ref()
+            .expect("Model always has a graph (checked at load)")
     }
 
     /// The raw little-endian bytes of a tensor, wherever they are stored.

@@ -1,7 +1,9 @@
 //! Visiting every tensor a model holds, wherever the format allows one: initializers,
 //! sparse initializers, node attributes, subgraphs, training graphs and functions.
 
-use super::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto};
+use super::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto,
+};
 
 /// Calls `f` on every tensor in the model. Stops at the first error.
 pub fn for_each_tensor<E>(
@@ -32,11 +34,20 @@ fn graph<E>(g: &GraphProto, f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) ->
     nodes(&g.node, f)
 }
 
-fn nodes<E>(nodes: &[NodeProto], f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) -> Result<(), E> {
-    nodes.iter().flat_map(|n| &n.attribute).try_for_each(|a| attribute(a, f))
+fn nodes<E>(
+    nodes: &[NodeProto],
+    f: &mut dyn FnMut(&TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
+    nodes
+        .iter()
+        .flat_map(|n| &n.attribute)
+        .try_for_each(|a| attribute(a, f))
 }
 
-fn attribute<E>(a: &AttributeProto, f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) -> Result<(), E> {
+fn attribute<E>(
+    a: &AttributeProto,
+    f: &mut dyn FnMut(&TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
     for t in a.t.iter().chain(&a.tensors) {
         f(t)?;
     }
@@ -49,7 +60,10 @@ fn attribute<E>(a: &AttributeProto, f: &mut dyn FnMut(&TensorProto) -> Result<()
     Ok(())
 }
 
-fn sparse<E>(s: &SparseTensorProto, f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) -> Result<(), E> {
+fn sparse<E>(
+    s: &SparseTensorProto,
+    f: &mut dyn FnMut(&TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
     for t in s.values.iter().chain(s.indices.iter()) {
         f(t)?;
     }

@@ -4,7 +4,10 @@
 //! inference never reads frozen weights; only small tensors (which may feed shape
 //! computations) keep their values.
 
-use crate::onnx::proto::{tensor_proto::DataType, type_proto, tensor_shape_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+use crate::onnx::proto::{
+    tensor_proto::DataType, tensor_shape_proto, type_proto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
 use crate::onnx::{self, Model};
 use prost::Message;
 use std::collections::HashMap;
@@ -44,14 +47,20 @@ const KEEP_VALUES_UP_TO: u64 = 64;
 pub fn infer(model: &Model) -> anyhow::Result<HashMap<String, ValueFact>> {
     let mut proto = model.proto.clone();
     let graph = proto.graph.as_mut().expect("checked at load");
-    let inputs: std::collections::HashSet<String> = graph.input.iter().map(|i| i.name().to_string()).collect();
+    let inputs: std::collections::HashSet<String> =
+        graph.input.iter().map(|i| i.name().to_string()).collect();
     let mut kept = vec![];
     for t in std::mem::take(&mut graph.initializer) {
         let numel: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
-        let float = matches!(DataType::try_from(t.data_type()), Ok(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16));
+        let float = matches!(
+            DataType::try_from(t.data_type()),
+            Ok(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16)
+        );
         if float && numel > KEEP_VALUES_UP_TO {
             if !inputs.contains(t.name()) {
-                graph.input.push(typed_input(t.name(), t.data_type(), &t.dims));
+                graph
+                    .input
+                    .push(typed_input(t.name(), t.data_type(), &t.dims));
             }
         } else {
             let mut t = t;

@@ -1,0 +1,148 @@
+//! `neft inspect` as users run it, shape inference on real exports, and the errors a
+//! machine without CUDA gets.
+
+use neft::onnx;
+use neft::runtime::ort::{Ep, RuntimeError, Session, SessionOptions};
+use neft::runtime::tract::{infer, Dim};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn inspect_json(path: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_neft"))
+        .arg("inspect")
+        .arg(path)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn inspect_json_counts_the_layers_of_a_small_mlp() {
+    let j = inspect_json(&repo("models/fixtures/mlp_loss.onnx"));
+    assert_eq!(j["opsets"][0]["version"], 18);
+    assert_eq!(j["op_histogram"]["Gemm"], 2);
+    assert_eq!(
+        j["parameters"]["count"], 811,
+        "16*32+32 + 32*8+8 + 3 scalar constants"
+    );
+    let layers = j["layers"].as_array().unwrap();
+    let got: Vec<(&str, &str, u64, u64, u64)> = layers
+        .iter()
+        .map(|l| {
+            (
+                l["weight"].as_str().unwrap(),
+                l["kind"].as_str().unwrap(),
+                l["axis"].as_u64().unwrap(),
+                l["neurons"].as_u64().unwrap(),
+                l["params"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("fc1.weight", "gemm", 0, 32, 16 * 32 + 32),
+            ("fc2.weight", "gemm", 0, 8, 32 * 8 + 8)
+        ]
+    );
+}
+
+#[test]
+fn inspect_json_counts_the_layers_of_resnet50() {
+    let j = inspect_json(&repo(".cache/onnx-light/light_resnet50.onnx"));
+    let layers = j["layers"].as_array().unwrap();
+    let convs = layers.iter().filter(|l| l["kind"] == "conv").count();
+    let gemms = layers.iter().filter(|l| l["kind"] == "gemm").count();
+    assert_eq!((convs, gemms), (53, 1));
+    // Output channels of every conv plus the 1000 classes.
+    assert_eq!(j["trainable"]["neurons"], 27560);
+    assert_eq!(
+        j["trainable"]["params"], 25_503_912,
+        "conv weights + fc weight and bias"
+    );
+    assert_eq!(layers[0]["shape"], serde_json::json!([64, 3, 7, 7]));
+    assert_eq!(layers[0]["source"], "ConstantOfShape");
+}
+
+#[test]
+fn inspect_json_finds_every_linear_layer_of_a_pytorch_llama() {
+    let j = inspect_json(&repo("models/fixtures/tiny_llama.onnx"));
+    // 2 blocks x (q, k, v, o, gate, up, down) + the tied output projection.
+    assert_eq!(j["trainable"]["layers"], 15);
+    assert_eq!(j["inputs"][0]["shape"], serde_json::json!(["batch", "seq"]));
+    let layers = j["layers"].as_array().unwrap();
+    assert!(layers
+        .iter()
+        .all(|l| l["kind"] == "matmul" && l["axis"] == 1));
+}
+
+#[test]
+fn inspect_reports_bad_files_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, b"\x08\x07garbage that is not a model").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_neft"))
+        .arg("inspect")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.onnx") && err.contains("not a valid ONNX model"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_neft"))
+        .arg("inspect")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing argument is a usage error"
+    );
+}
+
+#[test]
+fn tract_infers_symbolic_shapes_of_a_pytorch_llama() {
+    let m = onnx::load(repo("models/fixtures/tiny_llama.onnx")).unwrap();
+    let facts = infer(&m).unwrap();
+    let logits = &facts["logits"];
+    assert_eq!(logits.dtype, Some(onnx::DataType::Float as i32));
+    let shape = logits.shape.as_ref().unwrap();
+    assert_eq!(shape[0], Dim::Symbolic("batch".into()));
+    assert_eq!(shape[1], Dim::Symbolic("seq".into()));
+    assert_eq!(shape[2], Dim::Known(128));
+    // A weight's own fact is known without tract reading its data.
+    assert_eq!(
+        facts["val_245"].shape,
+        Some(vec![Dim::Known(64), Dim::Known(32)])
+    );
+}
+
+#[test]
+fn cuda_on_a_machine_without_it_fails_loudly_and_says_what_is_missing() {
+    let opts = SessionOptions {
+        ep: Ep::Cuda { device: 0 },
+        threads: Some(1),
+    };
+    match Session::from_file(&repo("models/fixtures/mlp_loss.onnx"), &opts) {
+        Err(RuntimeError::Cuda { hint, .. }) => {
+            assert!(hint.contains("libonnxruntime_providers_cuda.so"), "{hint}");
+            assert!(hint.contains("README.md"), "{hint}");
+        }
+        Err(other) => panic!("expected a CUDA registration error, got: {other}"),
+        Ok(_) => panic!("a CUDA session was created on a machine without the CUDA provider"),
+    }
+}
