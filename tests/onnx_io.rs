@@ -289,37 +289,6 @@ fn real_graphs_round_trip_unchanged_through_file_and_ir() {
     }
 }
 
-/// Zeros (or small ids) for every graph input, with symbolic dims set to 2.
-fn inputs_for(model: &Model) -> Vec<(String, HostTensor)> {
-    let g = model.graph();
-    let inits: Vec<&str> = g.initializer.iter().map(|t| t.name()).collect();
-    g.input
-        .iter()
-        .filter(|i| !inits.contains(&i.name()))
-        .map(|i| {
-            let (dt, dims) = make::declared(i).unwrap();
-            let shape: Vec<usize> = dims
-                .unwrap()
-                .iter()
-                .map(|d| {
-                    if let DimSpec::Fixed(n) = d {
-                        *n as usize
-                    } else {
-                        2
-                    }
-                })
-                .collect();
-            let n: usize = shape.iter().product();
-            let t = if dt == DataType::Int64 as i32 {
-                HostTensor::i64(&shape, vec![1; n])
-            } else {
-                HostTensor::f32(&shape, (0..n).map(|k| (k % 7) as f32 * 0.1).collect())
-            };
-            (i.name().to_string(), t)
-        })
-        .collect()
-}
-
 #[test]
 fn onnx_runtime_runs_what_the_ir_exports_with_identical_outputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -329,7 +298,7 @@ fn onnx_runtime_runs_what_the_ir_exports_with_identical_outputs() {
         exported.proto.graph = Some(Graph::from_proto(a.graph()).unwrap().to_proto());
         let out = dir.path().join(path.file_name().unwrap());
         onnx::save(&exported, &out).unwrap();
-        let inputs = inputs_for(&a);
+        let inputs = neft::inspect::synthetic_inputs(&a, 2).unwrap();
         let feed: Vec<(&str, HostTensor)> = inputs
             .iter()
             .map(|(n, t)| (n.as_str(), t.clone()))

@@ -28,6 +28,13 @@ enum Command {
         /// Print JSON instead of text (fields documented in README.md).
         #[arg(long)]
         json: bool,
+        /// Also create an ONNX Runtime session and run the model once on synthetic
+        /// inputs (symbolic dimensions set to 1), reporting the time and output shapes.
+        #[arg(long)]
+        check: bool,
+        /// Execution provider for --check: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu", requires = "check")]
+        ep: neft::runtime::Ep,
     },
 }
 
@@ -44,15 +51,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Inspect { model, json } => {
+        Command::Inspect {
+            model,
+            json,
+            check,
+            ep,
+        } => {
             let m = onnx::load(&model)?;
             let graph = ir::Graph::from_proto(m.graph())
                 .with_context(|| format!("{}: invalid graph", model.display()))?;
             let summary = inspect::summarize(&m, &graph);
+            let runtime = if check {
+                Some(inspect::check_runtime(&m, ep)?)
+            } else {
+                None
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                let mut value = serde_json::to_value(&summary)?;
+                if let Some(r) = &runtime {
+                    value["runtime"] = serde_json::to_value(r)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print!("{}", inspect::render_text(&summary));
+                if let Some(r) = &runtime {
+                    print!("{r}");
+                }
             }
             Ok(())
         }

@@ -4,6 +4,10 @@
 //! In: a loaded [`Model`]. Out: a [`ModelSummary`] (serializable; the JSON fields are
 //! documented in README.md) and its text rendering.
 
+mod check;
+
+pub use check::{check_runtime, synthetic_inputs, RuntimeCheck};
+
 use crate::analyze::{find_layers, Layer};
 use crate::ir::Graph;
 use crate::onnx::make::{declared, DimSpec};

@@ -37,6 +37,15 @@ pub enum Ep {
     },
 }
 
+impl std::fmt::Display for Ep {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Ep::Cpu => f.write_str("cpu"),
+            Ep::Cuda { device } => write!(f, "cuda:{device}"),
+        }
+    }
+}
+
 impl std::str::FromStr for Ep {
     type Err = String;
     fn from_str(s: &str) -> Result<Ep, String> {
