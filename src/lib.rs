@@ -2,8 +2,12 @@
 //! ONNX Runtime. See README.md for the flow; each module owns one stage of it.
 
 pub mod analyze;
+pub mod artifact;
 pub mod fsutil;
 pub mod inspect;
 pub mod ir;
 pub mod onnx;
+pub mod optim;
+pub mod passes;
 pub mod runtime;
+pub mod select;

@@ -54,6 +54,52 @@ impl Graph {
             .remove(0))
     }
 
+    /// Adds an initializer whose name came from [`Graph::fresh_name`].
+    pub fn add_initializer_reserved(
+        &mut self,
+        tensor: crate::onnx::proto::TensorProto,
+    ) -> Result<(), IrError> {
+        if !self.taken.contains(tensor.name()) || self.producer(tensor.name()).is_some() {
+            return Err(IrError::Misuse(format!(
+                "'{}' was not reserved with fresh_name",
+                tensor.name()
+            )));
+        }
+        self.push_initializer(tensor)
+    }
+
+    /// A new scalar FLOAT initializer.
+    pub fn const_f32(&mut self, hint: &str, value: f32) -> TensorName {
+        let name = self.fresh_name(hint);
+        let t = crate::onnx::make::tensor_f32(&name, &[], &[value]);
+        self.push_initializer(t).expect("fresh name");
+        name
+    }
+
+    /// A new 1-D INT64 initializer (axes, shapes, indices).
+    pub fn const_i64s(&mut self, hint: &str, values: &[i64]) -> TensorName {
+        let name = self.fresh_name(hint);
+        let t = crate::onnx::make::tensor_i64(&name, &[values.len() as i64], values);
+        self.push_initializer(t).expect("fresh name");
+        name
+    }
+
+    /// A new INT64 initializer of any shape.
+    pub fn const_i64_tensor(&mut self, hint: &str, dims: &[i64], values: &[i64]) -> TensorName {
+        let name = self.fresh_name(hint);
+        let t = crate::onnx::make::tensor_i64(&name, dims, values);
+        self.push_initializer(t).expect("fresh name");
+        name
+    }
+
+    /// A new scalar INT64 initializer.
+    pub fn const_i64(&mut self, hint: &str, value: i64) -> TensorName {
+        let name = self.fresh_name(hint);
+        let t = crate::onnx::make::tensor_i64(&name, &[], &[value]);
+        self.push_initializer(t).expect("fresh name");
+        name
+    }
+
     /// Labels the nodes added from now on with the pass that adds them (`None` stops).
     pub fn set_pass(&mut self, label: Option<&str>) {
         self.pass = label.map(str::to_string);

@@ -379,6 +379,11 @@ impl Graph {
     /// Adds a dense initializer with a new name.
     pub fn add_initializer(&mut self, tensor: TensorProto) -> Result<(), IrError> {
         self.ensure_free(tensor.name())?;
+        self.push_initializer(tensor)
+    }
+
+    /// Adds an initializer whose name the caller reserved with `fresh_name`.
+    pub(super) fn push_initializer(&mut self, tensor: TensorProto) -> Result<(), IrError> {
         let idx = self.g.add_node(Node::Initializer(tensor.clone()));
         self.initializers.push(idx);
         self.define_initializer(tensor.name(), idx)
@@ -393,6 +398,31 @@ impl Graph {
         self.producer.insert(name.clone(), (idx, 0));
         self.taken.insert(name);
         Ok(())
+    }
+
+    /// Turns the initializer `name` into a graph input of the same name and type
+    /// (every reader stays connected); returns the initializer it was.
+    pub fn promote_to_input(&mut self, name: &str) -> Result<TensorProto, IrError> {
+        let idx = *self
+            .initializer_index
+            .get(name)
+            .ok_or_else(|| IrError::Misuse(format!("'{name}' is not an initializer")))?;
+        if self.producer.get(name).map(|p| p.0) != Some(idx) {
+            return Err(IrError::Misuse(format!(
+                "'{name}' is already overridden by a graph input"
+            )));
+        }
+        let Node::Initializer(t) = self.g[idx].clone() else {
+            return Err(IrError::Misuse(format!("'{name}' is a sparse initializer")));
+        };
+        let dims: Vec<crate::onnx::make::DimSpec> = t.dims.iter().map(|&d| d.into()).collect();
+        let dtype =
+            crate::onnx::DataType::try_from(t.data_type()).unwrap_or(crate::onnx::DataType::Float);
+        self.g[idx] = Node::Input(crate::onnx::make::value_info(name, dtype, &dims));
+        self.initializer_index.remove(name);
+        self.initializers.retain(|&i| i != idx);
+        self.inputs.push(idx);
+        Ok(t)
     }
 
     /// Makes an existing value a graph output.

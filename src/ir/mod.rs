@@ -7,6 +7,7 @@
 //! with ops in a topological order that keeps the original order where it can.
 
 mod build;
+mod extra;
 mod graph;
 mod scope;
 mod topo;

@@ -192,6 +192,15 @@ impl HostTensor {
         }
     }
 
+    /// The values of an INT64 tensor, flattened (panics on other types: for tests and
+    /// for outputs whose type the graph fixes).
+    pub fn into_i64(self) -> Vec<i64> {
+        match self {
+            HostTensor::I64(a) => a.into_iter().collect(),
+            other => panic!("expected an INT64 tensor, got {:?}", other.shape()),
+        }
+    }
+
     pub fn as_f64(&self) -> Option<&ArrayD<f64>> {
         match self {
             HostTensor::F64(a) => Some(a),

@@ -1,0 +1,81 @@
+//! `plan.json`: everything needed to rebuild the artifacts and to check that a state,
+//! a checkpoint or an adapter belongs to them.
+
+use crate::optim::{Optimizer, OptimizerIo};
+use crate::passes::append_loss::LossInfo;
+use crate::passes::split_rows::Trainable;
+use crate::select::NeuronSet;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const PLAN_FORMAT: &str = "neft.plan/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub path: String,
+    /// SHA-256 of the model file (the graph; external data are identified by size).
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Parameters of the source model (all float initializers).
+    pub model_params: u64,
+    /// Elements of the trainable tensors.
+    pub trainable_params: u64,
+    /// Bytes of optimizer state (moments), excluding the parameters themselves.
+    pub optimizer_state_bytes: u64,
+    pub neurons_selected: u64,
+    /// Neurons over all trainable layers of the model.
+    pub neurons_total: u64,
+    pub train_nodes: usize,
+    pub eval_nodes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format: String,
+    pub tool_version: String,
+    pub source: SourceInfo,
+    /// `split` or `mask`.
+    pub mode: String,
+    pub loss: LossInfo,
+    pub optimizer: Optimizer,
+    pub lr: f32,
+    pub clip: Option<f32>,
+    /// Inputs a training batch must provide (model inputs and labels).
+    pub data_inputs: Vec<String>,
+    pub params: Vec<Trainable>,
+    pub io: OptimizerIo,
+    pub neurons: NeuronSet,
+    pub counts: Counts,
+}
+
+impl Plan {
+    /// A short hash identifying this plan, stored in checkpoints and adapters.
+    pub fn hash(&self) -> String {
+        use sha2::Digest;
+        let text = serde_json::to_string(self).expect("serializable");
+        hex(&sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Plan> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let plan: Plan = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a neft plan: {e}", path.display()))?;
+        if plan.format != PLAN_FORMAT {
+            anyhow::bail!(
+                "{}: format '{}' is not '{PLAN_FORMAT}'",
+                path.display(),
+                plan.format
+            );
+        }
+        Ok(plan)
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,204 @@
+//! Makes the graph end in a scalar loss.
+//!
+//! In: a graph with a scalar loss output, or a `logits [batch, seq, vocab]` output.
+//! Out: the same graph with a scalar FLOAT output holding the loss. For logits, a
+//! causal-LM cross-entropy is appended: a new input `labels [batch, seq]` (INT64),
+//! logits at position t predict labels at t+1, label -100 is ignored, the loss is the
+//! mean over counted tokens. Built from LogSoftmax + GatherElements + a masked mean:
+//! ONNX Runtime's CUDA provider has no SoftmaxCrossEntropyLoss kernel.
+
+use super::{refuse, PassError};
+use crate::ir::{attr, Graph};
+use crate::onnx::make::{self, declared, DimSpec};
+use crate::onnx::DataType;
+use serde::{Deserialize, Serialize};
+
+/// How to find or build the loss (`--loss`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossSpec {
+    /// A scalar output whose name contains "loss", else causal LM on `logits`.
+    Auto,
+    CausalLm,
+    /// Use this scalar output as the loss.
+    Output(String),
+}
+
+impl std::str::FromStr for LossSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => LossSpec::Auto,
+            "causal-lm" => LossSpec::CausalLm,
+            other => LossSpec::Output(other.to_string()),
+        })
+    }
+}
+
+/// What the training graph's loss is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossInfo {
+    /// The scalar loss output.
+    pub loss: String,
+    /// `output` (the model's own) or `causal-lm` (appended).
+    pub kind: String,
+    /// The labels input added for `causal-lm`.
+    pub labels: Option<String>,
+    /// A scalar output counting the tokens the loss averages over (`causal-lm`).
+    pub tokens: Option<String>,
+}
+
+pub const IGNORE_INDEX: i64 = -100;
+
+pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassError> {
+    let outputs: Vec<(String, Option<Vec<DimSpec>>)> = graph
+        .outputs()
+        .iter()
+        .map(|o| (o.name().to_string(), declared(o).and_then(|d| d.1)))
+        .collect();
+    let names: Vec<&str> = outputs.iter().map(|o| o.0.as_str()).collect();
+    let scalar = |name: &str| {
+        outputs
+            .iter()
+            .any(|(n, s)| n == name && s.as_deref().is_some_and(|s| s.is_empty()))
+    };
+    match spec {
+        LossSpec::Output(name) => {
+            if !names.contains(&name.as_str()) {
+                return Err(refuse(
+                    "loss",
+                    format!(
+                        "--loss {name}: the model has no such output (outputs: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            Ok(LossInfo {
+                loss: name.clone(),
+                kind: "output".into(),
+                labels: None,
+                tokens: None,
+            })
+        }
+        LossSpec::Auto => {
+            if let Some((n, _)) = outputs
+                .iter()
+                .find(|(n, _)| n.to_lowercase().contains("loss") && scalar(n))
+            {
+                return Ok(LossInfo {
+                    loss: n.clone(),
+                    kind: "output".into(),
+                    labels: None,
+                    tokens: None,
+                });
+            }
+            let logits = names.iter().find(|n| **n == "logits").ok_or_else(|| {
+                refuse(
+                    "loss",
+                    format!(
+                        "no scalar loss output and no 'logits' output (outputs: {}); name the loss with --loss OUTPUT",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            causal_lm(graph, logits)
+        }
+        LossSpec::CausalLm => {
+            let logits = names.iter().find(|n| **n == "logits").ok_or_else(|| {
+                refuse(
+                    "loss",
+                    format!(
+                        "--loss causal-lm needs an output named 'logits' (outputs: {})",
+                        names.join(", ")
+                    ),
+                )
+            })?;
+            causal_lm(graph, logits)
+        }
+    }
+}
+
+fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
+    if graph.producer("labels").is_some() {
+        return Err(refuse(
+            "loss",
+            "the model already has a value named 'labels'; name its loss output with --loss",
+        ));
+    }
+    graph.set_pass(Some("loss"));
+    let g = graph;
+    g.add_input(make::value_info(
+        "labels",
+        DataType::Int64,
+        &["batch".into(), "seq".into()],
+    ))?;
+    let axis1 = g.const_i64s("axis1", &[1]);
+    let zero = g.const_i64s("start0", &[0]);
+    let minus1 = g.const_i64s("end_m1", &[-1]);
+    let one = g.const_i64s("start1", &[1]);
+    let end = g.const_i64s("end_max", &[i64::MAX]);
+    // Position t predicts token t+1.
+    let lg = g.add1(
+        "Slice",
+        &[logits, &zero, &minus1, &axis1],
+        vec![],
+        "shift_logits",
+    )?;
+    let lb = g.add1(
+        "Slice",
+        &["labels", &one, &end, &axis1],
+        vec![],
+        "shift_labels",
+    )?;
+    let lp = g.add1(
+        "LogSoftmax",
+        &[&lg],
+        vec![attr::int("axis", -1)],
+        "log_probs",
+    )?;
+    let ignore = g.const_i64("ignore_index", IGNORE_INDEX);
+    let is_ignored = g.add1("Equal", &[&lb, &ignore], vec![], "ignored")?;
+    let valid = g.add1("Not", &[&is_ignored], vec![], "counted")?;
+    let zero_i = g.const_i64("zero_label", 0);
+    let safe = g.add1("Where", &[&valid, &lb, &zero_i], vec![], "safe_labels")?;
+    let last = g.const_i64s("last_axis", &[-1]);
+    let idx = g.add1("Unsqueeze", &[&safe, &last], vec![], "label_index")?;
+    let picked = g.add1(
+        "GatherElements",
+        &[&lp, &idx],
+        vec![attr::int("axis", -1)],
+        "label_log_prob",
+    )?;
+    let picked = g.add1("Squeeze", &[&picked, &last], vec![], "label_log_prob")?;
+    let weight = g.add1(
+        "Cast",
+        &[&valid],
+        vec![attr::int("to", DataType::Float as i64)],
+        "token_weight",
+    )?;
+    let masked = g.add1("Mul", &[&picked, &weight], vec![], "masked_log_prob")?;
+    let total = g.add1(
+        "ReduceSum",
+        &[&masked],
+        vec![attr::int("keepdims", 0)],
+        "sum_log_prob",
+    )?;
+    let count = g.add1(
+        "ReduceSum",
+        &[&weight],
+        vec![attr::int("keepdims", 0)],
+        "token_count",
+    )?;
+    let one_f = g.const_f32("one", 1.0);
+    let count = g.add1("Max", &[&count, &one_f], vec![], "token_count")?;
+    let mean = g.add1("Div", &[&total, &count], vec![], "mean_log_prob")?;
+    let loss = g.add1("Neg", &[&mean], vec![], "loss")?;
+    g.add_output(make::value_info(&loss, DataType::Float, &[]))?;
+    g.add_output(make::value_info(&count, DataType::Float, &[]))?;
+    g.set_pass(None);
+    Ok(LossInfo {
+        loss,
+        kind: "causal-lm".into(),
+        labels: Some("labels".into()),
+        tokens: Some(count),
+    })
+}

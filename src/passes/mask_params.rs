@@ -1,0 +1,79 @@
+//! Mask mode, the paper's semantics: whole weights are parameters, and a 0/1 mask
+//! keeps every unselected row's gradient at zero and its value exactly unchanged.
+//!
+//! In: a graph, its layers, the selected rows. Out: each selected weight (and its bias)
+//! turned from an initializer into a graph input of the same name, with a BOOL mask
+//! initializer `<W>.mask` shaped to broadcast along the neuron axis.
+
+use super::split_rows::Trainable;
+use super::{refuse, PassError};
+use crate::analyze::{Layer, WeightSource};
+use crate::ir::Graph;
+use crate::onnx::make;
+use crate::onnx::DataType;
+use crate::select::NeuronSet;
+
+const PASS: &str = "mask_params";
+
+pub fn mask_params(
+    graph: &mut Graph,
+    layers: &[Layer],
+    neurons: &NeuronSet,
+) -> Result<Vec<Trainable>, PassError> {
+    graph.set_pass(Some(PASS));
+    let mut out = vec![];
+    for (weight, sel) in &neurons.layers {
+        if sel.rows.is_empty() {
+            continue;
+        }
+        let layer = layers
+            .iter()
+            .find(|l| &l.weight == weight)
+            .ok_or_else(|| refuse(PASS, format!("'{weight}' is not a trainable layer")))?;
+        if layer.source != WeightSource::Initializer {
+            return Err(refuse(PASS, format!("weight '{weight}' is made by a {:?} node; only initializer weights can be trained", layer.source)));
+        }
+        out.push(promote(graph, weight, &layer.shape, layer.axis, &sel.rows)?);
+        if let Some(b) = &layer.bias {
+            out.push(promote(graph, b, &[layer.neurons as i64], 0, &sel.rows)?);
+        }
+    }
+    graph.set_pass(None);
+    Ok(out)
+}
+
+/// `name` becomes an input; its mask is true on the selected rows along `axis`.
+fn promote(
+    graph: &mut Graph,
+    name: &str,
+    shape: &[i64],
+    axis: usize,
+    rows: &[usize],
+) -> Result<Trainable, PassError> {
+    let t = graph.promote_to_input(name)?;
+    if t.data_type() != DataType::Float as i32 {
+        return Err(refuse(
+            PASS,
+            format!(
+                "'{name}' is {}; only FLOAT weights can be trained",
+                crate::onnx::dtype_name(t.data_type())
+            ),
+        ));
+    }
+    let mut mask_shape = vec![1i64; shape.len()];
+    mask_shape[axis] = shape[axis];
+    let mut bits = vec![0u8; shape[axis] as usize];
+    for &r in rows {
+        bits[r] = 1;
+    }
+    let mask = graph.fresh_name(&format!("{name}.mask"));
+    graph.add_initializer_reserved(make::tensor_raw(&mask, DataType::Bool, &mask_shape, bits))?;
+    Ok(Trainable {
+        name: name.to_string(),
+        shape: shape.to_vec(),
+        source: name.to_string(),
+        axis,
+        rows: rows.to_vec(),
+        mask: Some(mask),
+    })
+}

@@ -1,0 +1,226 @@
+//! Split rows: only the selected neurons of a weight are parameters.
+//!
+//! In: a graph, its layers, and the selected rows of some of them. Out: for each
+//! selected weight `W` a new graph input `<W>.rows` holding only those rows (and
+//! `<bias>.rows` for the matching bias elements); the frozen weight stays an
+//! initializer, never a graph output, so it cannot change.
+//!
+//! The layer's output is computed twice: `Y = op(X, W)` with the frozen weight, and
+//! `Y_S = op(X, W.rows)` for the selected neurons only, then `Y_S` is scattered over
+//! `Y`'s neuron axis. The generic gradient rules then give `dW.rows = Xᵀ · Gather(dY, S)`,
+//! k/out of a full weight gradient, and no copy of the full weight is ever made.
+
+use super::{refuse, PassError};
+use crate::analyze::{Layer, LayerKind, WeightSource};
+use crate::ir::{attr, Graph, NodeIndex};
+use crate::onnx::make::{self, DimSpec};
+use crate::onnx::DataType;
+use crate::select::NeuronSet;
+use serde::{Deserialize, Serialize};
+
+/// A tensor the training graph takes as a parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trainable {
+    /// The graph input holding its value.
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// The initializer it comes from.
+    pub source: String,
+    /// The source axis the rows index.
+    pub axis: usize,
+    /// The selected rows of the source along `axis`.
+    pub rows: Vec<usize>,
+    /// Mask mode: the BOOL initializer marking trainable elements; the parameter is
+    /// then the whole source tensor.
+    pub mask: Option<String>,
+}
+
+const PASS: &str = "split_rows";
+
+/// Rewrites every selected layer; returns the new parameters (weights, then biases).
+pub fn split_rows(
+    graph: &mut Graph,
+    layers: &[Layer],
+    neurons: &NeuronSet,
+) -> Result<Vec<Trainable>, PassError> {
+    graph.set_pass(Some(PASS));
+    let mut out = vec![];
+    for (weight, sel) in &neurons.layers {
+        if sel.rows.is_empty() {
+            continue;
+        }
+        let layer = layers
+            .iter()
+            .find(|l| &l.weight == weight)
+            .ok_or_else(|| refuse(PASS, format!("'{weight}' is not a trainable layer")))?;
+        out.extend(split_layer(graph, layer, &sel.rows)?);
+    }
+    graph.set_pass(None);
+    Ok(out)
+}
+
+fn split_layer(
+    graph: &mut Graph,
+    layer: &Layer,
+    rows: &[usize],
+) -> Result<Vec<Trainable>, PassError> {
+    let w = &layer.weight;
+    if layer.source != WeightSource::Initializer {
+        return Err(refuse(
+            PASS,
+            format!(
+                "weight '{w}' is made by a {:?} node; only initializer weights can be split",
+                layer.source
+            ),
+        ));
+    }
+    let dtype = graph
+        .initializer(w)
+        .map(|t| t.data_type())
+        .unwrap_or_default();
+    if dtype != DataType::Float as i32 {
+        return Err(refuse(
+            PASS,
+            format!(
+                "weight '{w}' is {}; only FLOAT weights can be trained",
+                crate::onnx::dtype_name(dtype)
+            ),
+        ));
+    }
+    let users = graph.consumers(w);
+    for (node, slot) in &users {
+        let op = graph.op(*node).map(|n| n.op_type()).unwrap_or_default();
+        if slot != &Some(1) || !matches!(op, "MatMul" | "Gemm" | "Conv") {
+            return Err(refuse(PASS, format!("weight '{w}' is also read by {} (input {slot:?}); only MatMul/Gemm/Conv weight inputs can be split", graph.describe(*node))));
+        }
+    }
+    let k = rows.len() as i64;
+    let mut shape = layer.shape.clone();
+    shape[layer.axis] = k;
+    let rows_name = format!("{w}.rows");
+    let dims: Vec<DimSpec> = shape.iter().map(|&d| d.into()).collect();
+    graph.add_input(make::value_info(&rows_name, DataType::Float, &dims))?;
+    let mut params = vec![Trainable {
+        name: rows_name.clone(),
+        shape,
+        source: w.clone(),
+        axis: layer.axis,
+        rows: rows.to_vec(),
+        mask: None,
+    }];
+
+    let bias_rows = match &layer.bias {
+        Some(b) => {
+            let name = format!("{b}.rows");
+            graph.add_input(make::value_info(&name, DataType::Float, &[k.into()]))?;
+            params.push(Trainable {
+                name: name.clone(),
+                shape: vec![k],
+                source: b.clone(),
+                axis: 0,
+                rows: rows.to_vec(),
+                mask: None,
+            });
+            Some(name)
+        }
+        None => None,
+    };
+    let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    for (node, _) in users {
+        rewrite_use(
+            graph,
+            node,
+            layer,
+            &rows_name,
+            bias_rows.as_deref(),
+            &selected,
+        )?;
+    }
+    // A MatMul's bias lives in the Add after it: scatter the trainable elements in.
+    if let (LayerKind::MatMul, Some(b), Some(b_rows)) = (layer.kind, &layer.bias, &bias_rows) {
+        let idx = graph.const_i64s(&format!("{b}.selected"), &selected);
+        let merged = graph.add1(
+            "ScatterElements",
+            &[b, &idx, b_rows],
+            vec![attr::int("axis", 0)],
+            &format!("{b}.merged"),
+        )?;
+        let readers: Vec<NodeIndex> = graph
+            .consumers(b)
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|&n| graph.op(n).is_some_and(|o| o.op_type() == "Add"))
+            .collect();
+        for n in readers {
+            let slot = graph
+                .op(n)
+                .and_then(|o| o.input.iter().position(|i| i == b));
+            if let Some(slot) = slot {
+                graph.set_input(n, slot, &merged)?;
+            }
+        }
+    }
+    Ok(params)
+}
+
+/// `Y = op(X, W, ...)` becomes `ScatterElements(Y, S, op(X, W.rows, ...), axis=neurons)`.
+fn rewrite_use(
+    graph: &mut Graph,
+    node: NodeIndex,
+    layer: &Layer,
+    rows: &str,
+    bias_rows: Option<&str>,
+    selected: &[i64],
+) -> Result<(), PassError> {
+    let proto = graph.op(node).cloned().expect("a layer use is an op");
+    let y = proto.output[0].clone();
+    let mut part = proto.clone();
+    part.name = Some(graph.fresh_name(&format!("{}.selected", proto.name())));
+    part.metadata_props.clear();
+    part.input[1] = rows.to_string();
+    match layer.kind {
+        LayerKind::MatMul => {}
+        LayerKind::Gemm | LayerKind::Conv => {
+            if layer.kind == LayerKind::Conv {
+                let group = proto
+                    .attribute
+                    .iter()
+                    .find(|a| a.name() == "group")
+                    .map(|a| a.i())
+                    .unwrap_or(1);
+                if group != 1 {
+                    return Err(refuse(PASS, format!("{}: Conv with group={group}: selecting output channels of a grouped convolution is not supported", graph.describe(node))));
+                }
+            }
+            part.input.truncate(2);
+            if let Some(b) = bias_rows {
+                part.input.push(b.to_string());
+            }
+        }
+    }
+    let y_sel = graph.fresh_name(&format!("{y}.selected"));
+    part.output = vec![y_sel.clone()];
+    graph.add_op(part)?;
+    // Indices shaped to broadcast along the neuron axis: [k] for the last axis
+    // (MatMul, Gemm), [1, k, 1, ...] for Conv's channel axis.
+    let (axis, idx_shape) = match layer.kind {
+        LayerKind::Conv => {
+            let mut s = vec![1i64; layer.shape.len()];
+            s[1] = selected.len() as i64;
+            (1, s)
+        }
+        _ => (-1, vec![selected.len() as i64]),
+    };
+    let idx_name =
+        graph.const_i64_tensor(&format!("{}.selected", layer.weight), &idx_shape, selected);
+    let shape = graph.add1("Shape", &[&y_sel], vec![], "selected_shape")?;
+    let idx = graph.add1("Expand", &[&idx_name, &shape], vec![], "selected_index")?;
+    let merged = graph.add1(
+        "ScatterElements",
+        &[&y, &idx, &y_sel],
+        vec![attr::int("axis", axis)],
+        &format!("{y}.merged"),
+    )?;
+    graph.replace_uses(&y, &merged, &[graph.producer(&merged).unwrap().0])?;
+    Ok(())
+}

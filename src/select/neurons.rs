@@ -1,0 +1,136 @@
+//! `neurons.json`: `{"format":"neft.neurons/1","layers":{"<weight>":{"axis":A,"rows":[...]}}}`
+//! with `rows` sorted and unique, `axis` the weight axis that indexes neurons.
+
+use crate::analyze::Layer;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const NEURONS_FORMAT: &str = "neft.neurons/1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerNeurons {
+    pub axis: usize,
+    pub rows: Vec<usize>,
+}
+
+/// The selected neurons, per weight initializer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NeuronSet {
+    pub format: String,
+    pub layers: BTreeMap<String, LayerNeurons>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NeuronError {
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: not a neurons file: {why}")]
+    Parse { file: String, why: String },
+    #[error("{file}: layer '{weight}': {why}")]
+    Layer {
+        file: String,
+        weight: String,
+        why: String,
+    },
+}
+
+impl NeuronSet {
+    pub fn new() -> Self {
+        NeuronSet {
+            format: NEURONS_FORMAT.into(),
+            layers: BTreeMap::new(),
+        }
+    }
+
+    /// Reads and checks the file's own structure (format tag, sorted unique rows).
+    pub fn load(path: &Path) -> Result<NeuronSet, NeuronError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| NeuronError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        let set: NeuronSet = serde_json::from_str(&text).map_err(|e| NeuronError::Parse {
+            file: file.clone(),
+            why: e.to_string(),
+        })?;
+        if set.format != NEURONS_FORMAT {
+            return Err(NeuronError::Parse {
+                file,
+                why: format!(
+                    "field 'format' is '{}', expected '{NEURONS_FORMAT}'",
+                    set.format
+                ),
+            });
+        }
+        for (weight, l) in &set.layers {
+            if let Some(w) = l.rows.windows(2).find(|w| w[0] >= w[1]) {
+                let why = if w[0] == w[1] {
+                    format!("row {} is listed twice; rows must be unique", w[0])
+                } else {
+                    format!(
+                        "rows must be sorted ascending: {} comes before {}",
+                        w[0], w[1]
+                    )
+                };
+                return Err(NeuronError::Layer {
+                    file,
+                    weight: weight.clone(),
+                    why,
+                });
+            }
+        }
+        Ok(set)
+    }
+
+    /// Writes the file atomically.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("serializable");
+        crate::fsutil::write_bytes_atomic(path, text.as_bytes())
+    }
+
+    /// Checks every entry against the model's layers: the weight exists, the axis is
+    /// the one that indexes its neurons, every row is in range.
+    pub fn check(&self, file: &str, layers: &[Layer]) -> Result<(), NeuronError> {
+        for (weight, sel) in &self.layers {
+            let err = |why: String| NeuronError::Layer {
+                file: file.into(),
+                weight: weight.clone(),
+                why,
+            };
+            let Some(layer) = layers.iter().find(|l| &l.weight == weight) else {
+                let known: Vec<&str> = layers.iter().take(8).map(|l| l.weight.as_str()).collect();
+                let more = if layers.len() > 8 {
+                    format!(", and {} more", layers.len() - 8)
+                } else {
+                    String::new()
+                };
+                return Err(err(format!(
+                    "no trainable layer uses this weight (the model's layers are: {}{more}; see `neft inspect`)",
+                    known.join(", ")
+                )));
+            };
+            if sel.axis != layer.axis {
+                return Err(err(format!(
+                    "axis {} given, but the neurons of this {:?} weight {:?} lie along axis {}",
+                    sel.axis, layer.kind, layer.shape, layer.axis
+                )));
+            }
+            if let Some(&bad) = sel.rows.iter().find(|&&r| r >= layer.neurons) {
+                return Err(err(format!(
+                    "row {bad} is out of range: the layer has {} neurons (0..{})",
+                    layer.neurons, layer.neurons
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of selected neurons over all layers.
+    pub fn count(&self) -> usize {
+        self.layers.values().map(|l| l.rows.len()).sum()
+    }
+}
