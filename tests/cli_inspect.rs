@@ -146,3 +146,44 @@ fn cuda_on_a_machine_without_it_fails_loudly_and_says_what_is_missing() {
         Ok(_) => panic!("a CUDA session was created on a machine without the CUDA provider"),
     }
 }
+
+#[test]
+fn hostile_dimensions_are_reported_not_overflowed() {
+    // A weight declaring 2^62 x 4 elements (found by fuzzing: the parameter count overflowed).
+    use neft::onnx::make;
+    use neft::onnx::proto::GraphProto;
+    let mut w = make::tensor_f32("w", &[1 << 62, 4], &[]);
+    w.raw_data = None;
+    let graph = GraphProto {
+        node: vec![make::node("MatMul", &["x", "w"], &["y"], vec![])],
+        initializer: vec![w],
+        input: vec![make::value_info(
+            "x",
+            onnx::DataType::Float,
+            &[1.into(), (1i64 << 62).into()],
+        )],
+        output: vec![make::value_info(
+            "y",
+            onnx::DataType::Float,
+            &[1.into(), 4.into()],
+        )],
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.onnx");
+    std::fs::write(
+        &path,
+        prost::Message::encode_to_vec(&make::model(graph, 18)),
+    )
+    .unwrap();
+    let j = inspect_json(&path);
+    assert_eq!(j["layers"][0]["params"], u64::MAX, "saturated, not wrapped");
+    let out = Command::new(env!("CARGO_BIN_EXE_neft"))
+        .arg("inspect")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too large to synthesize"));
+}

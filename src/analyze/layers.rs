@@ -106,7 +106,7 @@ fn layer_at(graph: &Graph, idx: NodeIndex) -> Option<Layer> {
             .cloned(),
     };
     let bias_params = if bias.is_some() { neurons as u64 } else { 0 };
-    let params = dims.iter().map(|&d| d.max(0) as u64).product::<u64>() + bias_params;
+    let params = crate::onnx::element_count(&dims).saturating_add(bias_params);
     Some(Layer {
         weight: weight.clone(),
         kind,

@@ -17,6 +17,8 @@ pub struct RuntimeCheck {
     pub outputs: Vec<(String, Vec<usize>)>,
 }
 
+const MAX_SYNTHETIC_ELEMENTS: usize = 1 << 28;
+
 /// Inputs for one run: every graph input that is not an initializer, symbolic
 /// dimensions set to `dim`, values small and deterministic (token ids 1).
 pub fn synthetic_inputs(model: &Model, dim: usize) -> Result<Vec<(String, HostTensor)>, String> {
@@ -30,11 +32,21 @@ pub fn synthetic_inputs(model: &Model, dim: usize) -> Result<Vec<(String, HostTe
         let shape: Vec<usize> = dims
             .iter()
             .map(|d| match d {
-                DimSpec::Fixed(n) => *n as usize,
-                DimSpec::Named(_) => dim,
+                DimSpec::Fixed(n) => usize::try_from(*n)
+                    .map_err(|_| format!("input '{}' declares dimension {n}", input.name())),
+                DimSpec::Named(_) => Ok(dim),
             })
-            .collect();
-        let n: usize = shape.iter().product();
+            .collect::<Result<_, _>>()?;
+        let n = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= MAX_SYNTHETIC_ELEMENTS)
+            .ok_or_else(|| {
+                format!(
+                    "input '{}' of shape {shape:?} is too large to synthesize",
+                    input.name()
+                )
+            })?;
         let t = match DataType::try_from(dt) {
             Ok(DataType::Float) => {
                 HostTensor::f32(&shape, (0..n).map(|k| (k % 7) as f32 * 0.1).collect())

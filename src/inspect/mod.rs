@@ -82,24 +82,28 @@ pub fn summarize(model: &Model, graph: &Graph) -> ModelSummary {
         external_bytes: 0,
     };
     for t in graph.initializers() {
-        let n: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
-        let bytes = n * dtype_size(t.data_type()).unwrap_or(0) as u64;
+        let n = crate::onnx::element_count(&t.dims);
+        let bytes = n.saturating_mul(dtype_size(t.data_type()).unwrap_or(0) as u64);
         parameters.tensors += 1;
-        parameters.count += n;
-        parameters.bytes += bytes;
+        parameters.count = parameters.count.saturating_add(n);
+        parameters.bytes = parameters.bytes.saturating_add(bytes);
         if t.data_location() == crate::onnx::proto::tensor_proto::DataLocation::External {
-            parameters.external_bytes += bytes;
+            parameters.external_bytes = parameters.external_bytes.saturating_add(bytes);
         }
     }
     for s in graph.sparse_initializers() {
         parameters.tensors += 1;
-        parameters.count += s.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
+        parameters.count = parameters
+            .count
+            .saturating_add(crate::onnx::element_count(&s.dims));
     }
     let layers = find_layers(graph);
     let trainable = Trainable {
         layers: layers.len(),
-        neurons: layers.iter().map(|l| l.neurons as u64).sum(),
-        params: layers.iter().map(|l| l.params).sum(),
+        neurons: layers
+            .iter()
+            .fold(0u64, |a, l| a.saturating_add(l.neurons as u64)),
+        params: layers.iter().fold(0u64, |a, l| a.saturating_add(l.params)),
     };
     let p = &model.proto;
     ModelSummary {

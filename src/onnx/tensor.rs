@@ -30,6 +30,13 @@ pub fn dtype_name(data_type: i32) -> String {
         .unwrap_or_else(|_| format!("<unknown type {data_type}>"))
 }
 
+/// Elements of a tensor with these dimensions, saturating (a hostile file can declare
+/// dimensions whose product overflows); negative dimensions count as 0.
+pub fn element_count(dims: &[i64]) -> u64 {
+    dims.iter()
+        .fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
+}
+
 pub(crate) fn numel(tensor: &TensorProto) -> Option<u64> {
     tensor.dims.iter().try_fold(1u64, |acc, &d| {
         u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))

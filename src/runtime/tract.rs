@@ -51,7 +51,7 @@ pub fn infer(model: &Model) -> anyhow::Result<HashMap<String, ValueFact>> {
         graph.input.iter().map(|i| i.name().to_string()).collect();
     let mut kept = vec![];
     for t in std::mem::take(&mut graph.initializer) {
-        let numel: u64 = t.dims.iter().map(|&d| d.max(0) as u64).product();
+        let numel = onnx::element_count(&t.dims);
         let float = matches!(
             DataType::try_from(t.data_type()),
             Ok(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16)
