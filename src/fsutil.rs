@@ -7,18 +7,12 @@ use std::path::{Path, PathBuf};
 
 /// A temporary path in the same folder as `path` (so the final rename is atomic).
 pub fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 /// Writes `path` atomically with whatever `fill` writes.
-pub fn write_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
-) -> io::Result<()> {
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>) -> io::Result<()> {
     let tmp = temp_beside(path);
     let result = (|| {
         let mut w = io::BufWriter::new(File::create(&tmp)?);

@@ -10,10 +10,7 @@ use neft::runtime::ort::{HostTensor, Session, SessionOptions};
 use std::path::{Path, PathBuf};
 
 fn entry(k: &str, v: &str) -> StringStringEntryProto {
-    StringStringEntryProto {
-        key: Some(k.into()),
-        value: Some(v.into()),
-    }
+    StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) }
 }
 
 fn repo(path: &str) -> PathBuf {
@@ -27,11 +24,7 @@ fn real_models() -> Vec<PathBuf> {
         .expect(".cache/onnx-light is missing: run `bash .ci/setup`")
         .map(|e| e.unwrap().path())
         .collect();
-    assert!(
-        files.len() >= 9,
-        "expected the 9 light models, found {}",
-        files.len()
-    );
+    assert!(files.len() >= 9, "expected the 9 light models, found {}", files.len());
     for f in ["tiny_llama", "tiny_bert", "mlp_loss", "convnet"] {
         files.push(repo(&format!("models/fixtures/{f}.onnx")));
     }
@@ -46,20 +39,14 @@ fn every_field_model() -> ModelProto {
     let then_branch = GraphProto {
         name: Some("then".into()),
         node: vec![attr_graph],
-        output: vec![make::value_info(
-            "then_out",
-            DataType::Float,
-            &[DimSpec::Named("n".into())],
-        )],
+        output: vec![make::value_info("then_out", DataType::Float, &[DimSpec::Named("n".into())])],
         ..Default::default()
     };
     let mut tp_attr = neft::ir::attr::int("unused", 1);
     tp_attr.tp = Some(TypeProto {
-        value: Some(type_proto::Value::SequenceType(Box::new(
-            type_proto::Sequence {
-                elem_type: Some(Box::new(make::tensor_type(DataType::Float, None))),
-            },
-        ))),
+        value: Some(type_proto::Value::SequenceType(Box::new(type_proto::Sequence {
+            elem_type: Some(Box::new(make::tensor_type(DataType::Float, None))),
+        }))),
         denotation: Some("seq".into()),
     });
     let mut iff = make::node("If", &["cond"], &["y"], vec![]);
@@ -72,26 +59,22 @@ fn every_field_model() -> ModelProto {
     iff.attribute = vec![g_attr, else_attr];
     iff.metadata_props.push(entry("node-key", "node-value"));
     iff.doc_string = Some("an If".into());
-    iff.device_configurations
-        .push(NodeDeviceConfigurationProto {
-            configuration_id: Some("cfg".into()),
-            sharding_spec: vec![ShardingSpecProto {
-                tensor_name: Some("y".into()),
-                device: vec![0, 1],
-                index_to_device_group_map: vec![IntIntListEntryProto {
-                    key: Some(0),
-                    value: vec![0, 1],
-                }],
-                sharded_dim: vec![ShardedDimProto {
-                    axis: Some(0),
-                    simple_sharding: vec![SimpleShardedDimProto {
-                        dim: Some(simple_sharded_dim_proto::Dim::DimParam("n".into())),
-                        num_shards: Some(2),
-                    }],
+    iff.device_configurations.push(NodeDeviceConfigurationProto {
+        configuration_id: Some("cfg".into()),
+        sharding_spec: vec![ShardingSpecProto {
+            tensor_name: Some("y".into()),
+            device: vec![0, 1],
+            index_to_device_group_map: vec![IntIntListEntryProto { key: Some(0), value: vec![0, 1] }],
+            sharded_dim: vec![ShardedDimProto {
+                axis: Some(0),
+                simple_sharding: vec![SimpleShardedDimProto {
+                    dim: Some(simple_sharded_dim_proto::Dim::DimParam("n".into())),
+                    num_shards: Some(2),
                 }],
             }],
-            pipeline_stage: Some(0),
-        });
+        }],
+        pipeline_stage: Some(0),
+    });
     let mut typed = TensorProto {
         name: Some("typed".into()),
         data_type: Some(DataType::Float as i32),
@@ -101,10 +84,7 @@ fn every_field_model() -> ModelProto {
         metadata_props: vec![entry("t", "m")],
         ..Default::default()
     };
-    typed.segment = Some(tensor_proto::Segment {
-        begin: Some(0),
-        end: Some(2),
-    });
+    typed.segment = Some(tensor_proto::Segment { begin: Some(0), end: Some(2) });
     let sparse = SparseTensorProto {
         values: Some(make::tensor_f32("sparse", &[2], &[3.0, 4.0])),
         indices: Some(make::tensor_i64("sparse_idx", &[2], &[1, 5])),
@@ -112,10 +92,7 @@ fn every_field_model() -> ModelProto {
     };
     let mut graph = GraphProto {
         name: Some("everything".into()),
-        node: vec![
-            make::node("Add", &["x", "typed"], &["x2"], vec![tp_attr]),
-            iff,
-        ],
+        node: vec![make::node("Add", &["x", "typed"], &["x2"], vec![tp_attr]), iff],
         initializer: vec![typed, make::tensor_i64("ints", &[3], &[1, -2, 3])],
         sparse_initializer: vec![sparse],
         doc_string: Some("graph doc".into()),
@@ -128,11 +105,7 @@ fn every_field_model() -> ModelProto {
                 metadata_props: vec![entry("vi", "meta")],
             },
         ],
-        output: vec![make::value_info(
-            "y",
-            DataType::Float,
-            &[DimSpec::Named("n".into())],
-        )],
+        output: vec![make::value_info("y", DataType::Float, &[DimSpec::Named("n".into())])],
         value_info: vec![make::value_info("x2", DataType::Float, &[2.into()])],
         quantization_annotation: vec![TensorAnnotation {
             tensor_name: Some("x2".into()),
@@ -146,14 +119,9 @@ fn every_field_model() -> ModelProto {
             value: Some(type_proto::Value::MapType(Box::new(type_proto::Map {
                 key_type: Some(DataType::Int64 as i32),
                 value_type: Some(Box::new(TypeProto {
-                    value: Some(type_proto::Value::OptionalType(Box::new(
-                        type_proto::Optional {
-                            elem_type: Some(Box::new(make::tensor_type(
-                                DataType::Float,
-                                Some(&[3.into()]),
-                            ))),
-                        },
-                    ))),
+                    value: Some(type_proto::Value::OptionalType(Box::new(type_proto::Optional {
+                        elem_type: Some(Box::new(make::tensor_type(DataType::Float, Some(&[3.into()])))),
+                    }))),
                     denotation: None,
                 })),
             }))),
@@ -167,15 +135,9 @@ fn every_field_model() -> ModelProto {
     model.model_version = Some(7);
     model.doc_string = Some("every field".into());
     model.metadata_props = vec![entry("model-key", "model-value")];
-    model.opset_import.push(OperatorSetIdProto {
-        domain: Some("custom".into()),
-        version: Some(1),
-    });
+    model.opset_import.push(OperatorSetIdProto { domain: Some("custom".into()), version: Some(1) });
     model.training_info = vec![TrainingInfoProto {
-        initialization: Some(GraphProto {
-            name: Some("init".into()),
-            ..Default::default()
-        }),
+        initialization: Some(GraphProto { name: Some("init".into()), ..Default::default() }),
         algorithm: Some(then_branch),
         initialization_binding: vec![entry("a", "b")],
         update_binding: vec![entry("typed", "then_out")],
@@ -188,10 +150,7 @@ fn every_field_model() -> ModelProto {
         attribute_proto: vec![neft::ir::attr::float("beta", 0.5)],
         node: vec![make::node("Add", &["a", "a"], &["b"], vec![])],
         doc_string: Some("doubles".into()),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(18),
-        }],
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(18) }],
         domain: Some("custom".into()),
         overload: Some("v1".into()),
         value_info: vec![make::value_info("b", DataType::Float, &[])],
@@ -234,35 +193,16 @@ fn every_field_survives_a_round_trip_with_external_data() {
     assert_eq!(a.proto, proto, "load after save changed the model");
     let other = tempfile::tempdir().unwrap();
     let (_, b) = roundtrip_file(&path, other.path());
-    assert_eq!(
-        b.proto, proto,
-        "a round trip into another folder changed the model"
-    );
-    assert!(
-        other.path().join("weights.bin").is_file(),
-        "external data were not carried along"
-    );
+    assert_eq!(b.proto, proto, "a round trip into another folder changed the model");
+    assert!(other.path().join("weights.bin").is_file(), "external data were not carried along");
     // The external values read back intact, from either copy.
     let g = b.graph();
     assert_eq!(
         b.tensor_bytes(&g.initializer[1]).unwrap(),
-        Bytes::from(
-            [1i64, -2, 3]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-        )
+        Bytes::from([1i64, -2, 3].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
     );
-    assert_eq!(
-        b.tensor_f32(g.sparse_initializer[0].values.as_ref().unwrap())
-            .unwrap(),
-        vec![3.0, 4.0]
-    );
-    assert_eq!(
-        a.tensor_f32(&g.initializer[0]).unwrap(),
-        vec![1.5, -2.0],
-        "typed float_data"
-    );
+    assert_eq!(b.tensor_f32(g.sparse_initializer[0].values.as_ref().unwrap()).unwrap(), vec![3.0, 4.0]);
+    assert_eq!(a.tensor_f32(&g.initializer[0]).unwrap(), vec![1.5, -2.0], "typed float_data");
     // And the IR gives back the same graph.
     let ir = Graph::from_proto(a.graph()).unwrap();
     assert_eq!(&ir.to_proto(), a.graph());
@@ -273,19 +213,9 @@ fn real_graphs_round_trip_unchanged_through_file_and_ir() {
     let dir = tempfile::tempdir().unwrap();
     for path in real_models() {
         let (a, b) = roundtrip_file(&path, dir.path());
-        assert_eq!(
-            a.proto,
-            b.proto,
-            "{}: load-save-load changed the model",
-            path.display()
-        );
+        assert_eq!(a.proto, b.proto, "{}: load-save-load changed the model", path.display());
         let ir = Graph::from_proto(a.graph()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            &ir.to_proto(),
-            a.graph(),
-            "{}: IR import-export changed the graph",
-            path.display()
-        );
+        assert_eq!(&ir.to_proto(), a.graph(), "{}: IR import-export changed the graph", path.display());
     }
 }
 
@@ -299,18 +229,9 @@ fn onnx_runtime_runs_what_the_ir_exports_with_identical_outputs() {
         let out = dir.path().join(path.file_name().unwrap());
         onnx::save(&exported, &out).unwrap();
         let inputs = neft::inspect::synthetic_inputs(&a, 2).unwrap();
-        let feed: Vec<(&str, HostTensor)> = inputs
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.clone()))
-            .collect();
-        let opts = SessionOptions {
-            threads: Some(1),
-            ..Default::default()
-        };
-        let want = Session::from_file(&path, &opts)
-            .unwrap()
-            .run(&feed)
-            .unwrap();
+        let feed: Vec<(&str, HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let opts = SessionOptions { threads: Some(1), ..Default::default() };
+        let want = Session::from_file(&path, &opts).unwrap().run(&feed).unwrap();
         let got = Session::from_file(&out, &opts).unwrap().run(&feed).unwrap();
         assert_eq!(want, got, "{}: outputs differ", path.display());
     }
@@ -329,24 +250,14 @@ fn external_data_written_by_neft_runs_in_onnx_runtime() {
         name: Some("mm".into()),
         node: vec![make::node("MatMul", &["x", "w"], &["y"], vec![])],
         initializer: vec![w],
-        input: vec![make::value_info(
-            "x",
-            DataType::Float,
-            &["batch".into(), 3.into()],
-        )],
-        output: vec![make::value_info(
-            "y",
-            DataType::Float,
-            &["batch".into(), 4.into()],
-        )],
+        input: vec![make::value_info("x", DataType::Float, &["batch".into(), 3.into()])],
+        output: vec![make::value_info("y", DataType::Float, &["batch".into(), 4.into()])],
         ..Default::default()
     };
     let path = dir.path().join("mm.onnx");
     onnx::save(&Model::new(make::model(graph, 18), dir.path()), &path).unwrap();
     let mut s = Session::from_file(&path, &SessionOptions::default()).unwrap();
-    let out = s
-        .run(&[("x", HostTensor::f32(&[1, 3], vec![1.0, 0.0, 1.0]))])
-        .unwrap();
+    let out = s.run(&[("x", HostTensor::f32(&[1, 3], vec![1.0, 0.0, 1.0]))]).unwrap();
     let y = out[0].1.as_f32().unwrap();
     let want: Vec<f32> = (0..4).map(|j| w_vals[j] + w_vals[8 + j]).collect();
     assert_eq!(y.iter().copied().collect::<Vec<_>>(), want);
@@ -364,22 +275,12 @@ fn external_data_beyond_two_gigabytes_is_read_in_place() {
         let mut f = std::fs::File::create(&data).unwrap();
         f.set_len(offset + 4096).unwrap();
         f.seek(SeekFrom::Start(offset)).unwrap();
-        f.write_all(
-            &[1.0f32, 2.0, 3.0, 4.0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        )
-        .unwrap();
+        f.write_all(&[1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     }
     let mut t = make::tensor_f32("far", &[4], &[0.0; 4]);
     t.raw_data = None;
     t.set_data_location(tensor_proto::DataLocation::External);
-    t.external_data = vec![
-        entry("location", "big.bin"),
-        entry("offset", &offset.to_string()),
-        entry("length", "16"),
-    ];
+    t.external_data = vec![entry("location", "big.bin"), entry("offset", &offset.to_string()), entry("length", "16")];
     let graph = GraphProto {
         node: vec![make::node("Identity", &["far"], &["y"], vec![])],
         initializer: vec![t],
@@ -389,10 +290,7 @@ fn external_data_beyond_two_gigabytes_is_read_in_place() {
     let path = dir.path().join("big.onnx");
     onnx::save(&Model::new(make::model(graph, 18), dir.path()), &path).unwrap();
     let m = onnx::load(&path).unwrap();
-    assert_eq!(
-        m.tensor_f32(&m.graph().initializer[0]).unwrap(),
-        vec![1.0, 2.0, 3.0, 4.0]
-    );
+    assert_eq!(m.tensor_f32(&m.graph().initializer[0]).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
     // Saving in place keeps the reference (no 2.5 GB copy) and the model stays equal.
     onnx::save(&m, &path).unwrap();
     assert_eq!(onnx::load(&path).unwrap().proto, m.proto);
@@ -409,10 +307,7 @@ fn load_err(path: &Path) -> String {
 
 fn assert_contains(msg: &str, parts: &[&str]) {
     for p in parts {
-        assert!(
-            msg.contains(p),
-            "error message {msg:?} should mention {p:?}"
-        );
+        assert!(msg.contains(p), "error message {msg:?} should mention {p:?}");
     }
 }
 
@@ -432,10 +327,7 @@ fn truncated_and_non_protobuf_files_are_refused_with_the_file_named() {
     std::fs::write(&empty, b"").unwrap();
     assert_contains(&load_err(&empty), &["empty.onnx", "empty"]);
 
-    assert_contains(
-        &load_err(&dir.path().join("absent.onnx")),
-        &["absent.onnx", "No such file"],
-    );
+    assert_contains(&load_err(&dir.path().join("absent.onnx")), &["absent.onnx", "No such file"]);
 }
 
 /// A one-initializer model whose tensor `w` points at `location` with the given layout.
@@ -443,11 +335,7 @@ fn external_model(dir: &Path, location: &str, offset: &str, length: &str) -> Pat
     let mut t = make::tensor_f32("w", &[4], &[0.0; 4]);
     t.raw_data = None;
     t.set_data_location(tensor_proto::DataLocation::External);
-    t.external_data = vec![
-        entry("location", location),
-        entry("offset", offset),
-        entry("length", length),
-    ];
+    t.external_data = vec![entry("location", location), entry("offset", offset), entry("length", length)];
     let graph = GraphProto {
         node: vec![make::node("Identity", &["w"], &["y"], vec![])],
         initializer: vec![t],
@@ -473,35 +361,15 @@ fn unsafe_or_broken_external_data_is_refused() {
     assert!(onnx::load(&ok).is_ok());
 
     let cases: &[(&str, &str, &str, &[&str])] = &[
-        (
-            "/etc/passwd",
-            "0",
-            "16",
-            &["'w'", "/etc/passwd", "absolute"],
-        ),
+        ("/etc/passwd", "0", "16", &["'w'", "/etc/passwd", "absolute"]),
         ("../secret.bin", "0", "16", &["'w'", "..", "refused"]),
         ("sub/../../secret.bin", "0", "16", &["'w'", ".."]),
-        (
-            "link.bin",
-            "0",
-            "16",
-            &["'w'", "link.bin", "outside the model's folder"],
-        ),
-        (
-            "missing.bin",
-            "0",
-            "16",
-            &["'w'", "missing.bin", "cannot be opened"],
-        ),
+        ("link.bin", "0", "16", &["'w'", "link.bin", "outside the model's folder"]),
+        ("missing.bin", "0", "16", &["'w'", "missing.bin", "cannot be opened"]),
         ("w.bin", "32", "16", &["'w'", "offset", "past the end"]),
         ("w.bin", "8", "16", &["'w'", "length", "past the end"]),
         ("w.bin", "0", "8", &["'w'", "length", "needs 16"]),
-        (
-            "w.bin",
-            "-4",
-            "16",
-            &["'w'", "offset", "not a non-negative integer"],
-        ),
+        ("w.bin", "-4", "16", &["'w'", "offset", "not a non-negative integer"]),
     ];
     for (location, offset, length, want) in cases {
         let path = external_model(&dir, location, offset, length);
@@ -515,43 +383,26 @@ fn graph_err(nodes: Vec<NodeProto>, outputs: &[&str]) -> String {
     let graph = GraphProto {
         node: nodes,
         input: vec![make::value_info("x", DataType::Float, &[2.into()])],
-        output: outputs
-            .iter()
-            .map(|o| make::value_info(o, DataType::Float, &[2.into()]))
-            .collect(),
+        output: outputs.iter().map(|o| make::value_info(o, DataType::Float, &[2.into()])).collect(),
         ..Default::default()
     };
-    Graph::from_proto(&graph)
-        .map(|_| ())
-        .unwrap_err()
-        .to_string()
+    Graph::from_proto(&graph).map(|_| ()).unwrap_err().to_string()
 }
 
 #[test]
 fn dangling_names_duplicates_and_cycles_are_refused_naming_the_node() {
-    let msg = graph_err(
-        vec![make::node("Add", &["x", "nowhere"], &["y"], vec![])],
-        &["y"],
-    );
+    let msg = graph_err(vec![make::node("Add", &["x", "nowhere"], &["y"], vec![])], &["y"]);
     assert_contains(&msg, &["Add_y", "'nowhere'", "not produced"]);
 
     let msg = graph_err(vec![make::node("Relu", &["x"], &["y"], vec![])], &["z"]);
     assert_contains(&msg, &["output 'z'", "not produced"]);
 
-    let msg = graph_err(
-        vec![
-            make::node("Relu", &["x"], &["y"], vec![]),
-            make::node("Neg", &["x"], &["y"], vec![]),
-        ],
-        &["y"],
-    );
+    let msg =
+        graph_err(vec![make::node("Relu", &["x"], &["y"], vec![]), make::node("Neg", &["x"], &["y"], vec![])], &["y"]);
     assert_contains(&msg, &["'y'", "produced twice", "Relu", "Neg"]);
 
     let msg = graph_err(
-        vec![
-            make::node("Add", &["x", "b"], &["a"], vec![]),
-            make::node("Relu", &["a"], &["b"], vec![]),
-        ],
+        vec![make::node("Add", &["x", "b"], &["a"], vec![]), make::node("Relu", &["a"], &["b"], vec![])],
         &["a"],
     );
     assert_contains(&msg, &["cycle", "Add_a", "Relu_b"]);
@@ -560,10 +411,7 @@ fn dangling_names_duplicates_and_cycles_are_refused_naming_the_node() {
 #[test]
 fn ir_edits_keep_names_unique_and_dead_code_goes() {
     let graph = GraphProto {
-        node: vec![
-            make::node("Relu", &["x"], &["y"], vec![]),
-            make::node("Neg", &["x"], &["unused"], vec![]),
-        ],
+        node: vec![make::node("Relu", &["x"], &["y"], vec![]), make::node("Neg", &["x"], &["unused"], vec![])],
         input: vec![make::value_info("x", DataType::Float, &[2.into()])],
         output: vec![make::value_info("y", DataType::Float, &[2.into()])],
         ..Default::default()
@@ -578,11 +426,7 @@ fn ir_edits_keep_names_unique_and_dead_code_goes() {
     let out = g.to_proto();
     let ops: Vec<&str> = out.node.iter().map(|n| n.op_type()).collect();
     assert_eq!(ops, ["Relu", "Neg"]);
-    assert_eq!(
-        out.node[1].metadata_props[0].value(),
-        "test",
-        "added nodes carry their pass label"
-    );
+    assert_eq!(out.node[1].metadata_props[0].value(), "test", "added nodes carry their pass label");
     assert!(g.add1("Relu", &["nowhere"], vec![], "z").is_err());
     assert_eq!(g.op_count(), 2, "a failed add leaves nothing behind");
 }

@@ -12,14 +12,10 @@ use std::collections::HashMap;
 
 /// Deterministic pseudo-random numbers in [-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -27,15 +23,7 @@ fn noise(seed: u64, n: usize) -> Vec<f32> {
 
 fn session(graph: &Graph) -> Session {
     let bytes = prost::Message::encode_to_vec(&make::model(graph.to_proto(), 18));
-    Session::from_bytes(
-        &bytes,
-        "test",
-        &SessionOptions {
-            threads: Some(1),
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    Session::from_bytes(&bytes, "test", &SessionOptions { threads: Some(1), ..Default::default() }).unwrap()
 }
 
 fn run(s: &mut Session, feed: &[(&str, HostTensor)]) -> HashMap<String, HostTensor> {
@@ -53,10 +41,7 @@ fn optimizer_graph(opt: Optimizer, clip: Option<f32>, masked: bool) -> (Graph, o
     let proto = GraphProto {
         name: Some("opt".into()),
         node: vec![make::node("Identity", &["g_in"], &["g"], vec![])],
-        input: vec![
-            make::value_info("p", DataType::Float, &dims),
-            make::value_info("g_in", DataType::Float, &dims),
-        ],
+        input: vec![make::value_info("p", DataType::Float, &dims), make::value_info("g_in", DataType::Float, &dims)],
         output: vec![make::value_info("g", DataType::Float, &dims)],
         ..Default::default()
     };
@@ -67,12 +52,7 @@ fn optimizer_graph(opt: Optimizer, clip: Option<f32>, masked: bool) -> (Graph, o
         graph.add_initializer(t).unwrap();
         "mask".to_string()
     });
-    let params = [Param {
-        name: "p".into(),
-        grad: "g".into(),
-        shape: shape.to_vec(),
-        mask,
-    }];
+    let params = [Param { name: "p".into(), grad: "g".into(), shape: shape.to_vec(), mask }];
     let io = optim::append(&mut graph, &params, opt, clip).unwrap();
     (graph, io)
 }
@@ -102,11 +82,7 @@ impl Reference {
     fn sgd(&mut self, g: &[f64], lr: f64, momentum: f64, wd: f64) {
         for i in 0..self.p.len() {
             let d = g[i] + wd * self.p[i];
-            self.m[i] = if self.t == 0 {
-                d
-            } else {
-                momentum * self.m[i] + d
-            };
+            self.m[i] = if self.t == 0 { d } else { momentum * self.m[i] + d };
             self.p[i] -= lr * self.m[i];
         }
         self.t += 1;
@@ -115,10 +91,7 @@ impl Reference {
 
 fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g as f64 - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: got {g}, want {w}"
-        );
+        assert!((g as f64 - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: got {g}, want {w}");
     }
 }
 
@@ -130,12 +103,7 @@ fn adamw_matches_pytorch_step_by_step() {
     let mut p = noise(1, 12);
     let (mut m, mut v) = (vec![0f32; 12], vec![0f32; 12]);
     let mut step = 0i64;
-    let mut r = Reference {
-        p: p.iter().map(|&x| x as f64).collect(),
-        m: vec![0.0; 12],
-        v: vec![0.0; 12],
-        t: 0,
-    };
+    let mut r = Reference { p: p.iter().map(|&x| x as f64).collect(), m: vec![0.0; 12], v: vec![0.0; 12], t: 0 };
     for k in 0..6 {
         let g = noise(100 + k, 12);
         let out = run(
@@ -149,11 +117,7 @@ fn adamw_matches_pytorch_step_by_step() {
                 ("step", HostTensor::i64(&[], vec![step])),
             ],
         );
-        r.adamw(
-            &g.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-            lr as f64,
-            wd as f64,
-        );
+        r.adamw(&g.iter().map(|&x| x as f64).collect::<Vec<_>>(), lr as f64, wd as f64);
         p = vec_of(&out["p.new"]);
         m = vec_of(&out["p.m.new"]);
         v = vec_of(&out["p.v.new"]);
@@ -167,23 +131,11 @@ fn adamw_matches_pytorch_step_by_step() {
 #[test]
 fn sgd_with_momentum_matches_pytorch_step_by_step() {
     let (lr, mu, wd) = (0.1f32, 0.9f32, 0.01f32);
-    let (graph, _) = optimizer_graph(
-        Optimizer::Sgd {
-            momentum: mu,
-            weight_decay: wd,
-        },
-        None,
-        false,
-    );
+    let (graph, _) = optimizer_graph(Optimizer::Sgd { momentum: mu, weight_decay: wd }, None, false);
     let mut s = session(&graph);
     let mut p = noise(2, 12);
     let mut buf = vec![0f32; 12];
-    let mut r = Reference {
-        p: p.iter().map(|&x| x as f64).collect(),
-        m: vec![0.0; 12],
-        v: vec![],
-        t: 0,
-    };
+    let mut r = Reference { p: p.iter().map(|&x| x as f64).collect(), m: vec![0.0; 12], v: vec![], t: 0 };
     for k in 0..6 {
         let g = noise(200 + k, 12);
         let out = run(
@@ -196,12 +148,7 @@ fn sgd_with_momentum_matches_pytorch_step_by_step() {
                 ("step", HostTensor::i64(&[], vec![k as i64])),
             ],
         );
-        r.sgd(
-            &g.iter().map(|&x| x as f64).collect::<Vec<_>>(),
-            lr as f64,
-            mu as f64,
-            wd as f64,
-        );
+        r.sgd(&g.iter().map(|&x| x as f64).collect::<Vec<_>>(), lr as f64, mu as f64, wd as f64);
         p = vec_of(&out["p.new"]);
         buf = vec_of(&out["p.momentum.new"]);
         close(&p, &r.p, 1e-5, &format!("SGD step {k} p"));
@@ -227,37 +174,17 @@ fn masked_rows_stay_bit_identical_and_clipping_uses_the_masked_norm() {
     );
     let p1 = vec_of(&out["p.new"]);
     for j in 4..8 {
-        assert_eq!(
-            p1[j].to_bits(),
-            p0[j].to_bits(),
-            "frozen row 1 changed at {j}"
-        );
+        assert_eq!(p1[j].to_bits(), p0[j].to_bits(), "frozen row 1 changed at {j}");
     }
     assert!(p1[0] != p0[0] && p1[8] != p0[8], "trainable rows must move");
     let m = vec_of(&out["p.m.new"]);
-    assert!(
-        m[4..8].iter().all(|&x| x == 0.0),
-        "frozen moments stay zero"
-    );
-    let norm: f32 = g
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(4..8).contains(i))
-        .map(|(_, x)| x * x)
-        .sum::<f32>()
-        .sqrt();
+    assert!(m[4..8].iter().all(|&x| x == 0.0), "frozen moments stay zero");
+    let norm: f32 = g.iter().enumerate().filter(|(i, _)| !(4..8).contains(i)).map(|(_, x)| x * x).sum::<f32>().sqrt();
     let got = vec_of(&out[&io.grad_norm])[0];
-    assert!(
-        (got - norm).abs() < 1e-5,
-        "grad_norm {got} should be the masked norm {norm}"
-    );
+    assert!((got - norm).abs() < 1e-5, "grad_norm {got} should be the masked norm {norm}");
     // Clipped first moment: (1 - b1) * g * clip / norm on trainable elements.
     let want = 0.1 * g[0] * 0.25 / norm;
-    assert!(
-        (m[0] - want).abs() < 1e-6,
-        "clipped m[0] = {}, want {want}",
-        m[0]
-    );
+    assert!((m[0] - want).abs() < 1e-6, "clipped m[0] = {}, want {want}", m[0]);
 }
 
 #[test]
@@ -266,11 +193,7 @@ fn causal_lm_loss_matches_a_reference_cross_entropy() {
     let proto = GraphProto {
         name: Some("lm".into()),
         node: vec![make::node("Identity", &["x"], &["logits"], vec![])],
-        input: vec![make::value_info(
-            "x",
-            DataType::Float,
-            &["batch".into(), "seq".into(), (vocab as i64).into()],
-        )],
+        input: vec![make::value_info("x", DataType::Float, &["batch".into(), "seq".into(), (vocab as i64).into()])],
         output: vec![make::value_info(
             "logits",
             DataType::Float,
@@ -286,10 +209,7 @@ fn causal_lm_loss_matches_a_reference_cross_entropy() {
     let mut s = session(&graph);
     let out = run(
         &mut s,
-        &[
-            ("x", HostTensor::f32(&[b, t, vocab], x.clone())),
-            ("labels", HostTensor::i64(&[b, t], labels.clone())),
-        ],
+        &[("x", HostTensor::f32(&[b, t, vocab], x.clone())), ("labels", HostTensor::i64(&[b, t], labels.clone()))],
     );
     // Reference: logits at t predict labels at t+1, -100 ignored, mean over the rest.
     let (mut sum, mut count) = (0f64, 0f64);
@@ -299,9 +219,7 @@ fn causal_lm_loss_matches_a_reference_cross_entropy() {
             if y == -100 {
                 continue;
             }
-            let row: Vec<f64> = (0..vocab)
-                .map(|v| x[(bi * t + ti) * vocab + v] as f64)
-                .collect();
+            let row: Vec<f64> = (0..vocab).map(|v| x[(bi * t + ti) * vocab + v] as f64).collect();
             let mx = row.iter().cloned().fold(f64::MIN, f64::max);
             let lse = mx + row.iter().map(|r| (r - mx).exp()).sum::<f64>().ln();
             sum += lse - row[y as usize];

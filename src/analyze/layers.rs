@@ -45,6 +45,8 @@ pub struct Layer {
     pub params: u64,
     /// How many nodes use the weight (more than one: shared, e.g. tied embeddings).
     pub uses: usize,
+    /// Structural label, e.g. `block 3 / mlp.up` (see `analyze_structure`).
+    pub role: String,
 }
 
 /// Finds every MatMul, Gemm and Conv whose weight is a float initializer.
@@ -63,6 +65,10 @@ pub fn find_layers(graph: &Graph) -> Vec<Layer> {
             }
         }
     }
+    let structure = super::analyze_structure(graph, &layers);
+    for l in &mut layers {
+        l.role = structure.roles.get(&l.weight).map(|r| r.to_string()).unwrap_or_default();
+    }
     layers
 }
 
@@ -73,11 +79,7 @@ fn layer_at(graph: &Graph, idx: NodeIndex) -> Option<Layer> {
     }
     let (kind, weight, axis) = match node.op_type() {
         "MatMul" => (LayerKind::MatMul, node.input.get(1)?, 1),
-        "Gemm" => (
-            LayerKind::Gemm,
-            node.input.get(1)?,
-            if int_attr(node, "transB") == 1 { 0 } else { 1 },
-        ),
+        "Gemm" => (LayerKind::Gemm, node.input.get(1)?, if int_attr(node, "transB") == 1 { 0 } else { 1 }),
         "Conv" => (LayerKind::Conv, node.input.get(1)?, 0),
         _ => return None,
     };
@@ -99,11 +101,7 @@ fn layer_at(graph: &Graph, idx: NodeIndex) -> Option<Layer> {
     let neurons = dims[axis].max(0) as usize;
     let bias = match kind {
         LayerKind::MatMul => following_bias(graph, node, neurons),
-        LayerKind::Gemm | LayerKind::Conv => node
-            .input
-            .get(2)
-            .filter(|b| is_bias(graph, b, neurons))
-            .cloned(),
+        LayerKind::Gemm | LayerKind::Conv => node.input.get(2).filter(|b| is_bias(graph, b, neurons)).cloned(),
     };
     let bias_params = if bias.is_some() { neurons as u64 } else { 0 };
     let params = crate::onnx::element_count(&dims).saturating_add(bias_params);
@@ -118,6 +116,7 @@ fn layer_at(graph: &Graph, idx: NodeIndex) -> Option<Layer> {
         bias,
         params,
         uses: 1,
+        role: String::new(),
     })
 }
 
@@ -132,10 +131,7 @@ fn following_bias(graph: &Graph, node: &NodeProto, neurons: usize) -> Option<Str
     if add.op_type() != "Add" {
         return None;
     }
-    add.input
-        .iter()
-        .find(|i| *i != out && is_bias(graph, i, neurons))
-        .cloned()
+    add.input.iter().find(|i| *i != out && is_bias(graph, i, neurons)).cloned()
 }
 
 fn is_bias(graph: &Graph, name: &str, neurons: usize) -> bool {
@@ -143,11 +139,7 @@ fn is_bias(graph: &Graph, name: &str, neurons: usize) -> bool {
 }
 
 fn int_attr(node: &NodeProto, name: &str) -> i64 {
-    node.attribute
-        .iter()
-        .find(|a| a.name() == name)
-        .map(|a| a.i())
-        .unwrap_or(0)
+    node.attribute.iter().find(|a| a.name() == name).map(|a| a.i()).unwrap_or(0)
 }
 
 /// The shape, element type and storage of a weight that is a compile-time constant.
@@ -166,9 +158,7 @@ fn constant_weight(graph: &Graph, name: &str) -> Option<(Vec<i64>, i32, WeightSo
             Some((t.dims.clone(), t.data_type(), WeightSource::Constant))
         }
         "ConstantOfShape" => {
-            let shape = graph
-                .initializer(node.input.first()?)
-                .and_then(crate::onnx::embedded_i64)?;
+            let shape = graph.initializer(node.input.first()?).and_then(crate::onnx::embedded_i64)?;
             let dtype = attr("value")
                 .and_then(|a| a.t.as_ref())
                 .map(|t| t.data_type())

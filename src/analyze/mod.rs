@@ -4,5 +4,7 @@
 //! In: an [`ir::Graph`]. Out: [`Layer`]s, one per weight initializer, in graph order.
 
 mod layers;
+mod structure;
 
 pub use layers::{find_layers, Layer, LayerKind, WeightSource};
+pub use structure::{analyze_structure, MlpUnits, Role, Structure};

@@ -57,25 +57,20 @@ impl Plan {
     pub fn hash(&self) -> String {
         use sha2::Digest;
         let text = serde_json::to_string(self).expect("serializable");
-        hex(&sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
+        hex_digest(&sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Plan> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let plan: Plan = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not a neft plan: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let plan: Plan =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a neft plan: {e}", path.display()))?;
         if plan.format != PLAN_FORMAT {
-            anyhow::bail!(
-                "{}: format '{}' is not '{PLAN_FORMAT}'",
-                path.display(),
-                plan.format
-            );
+            anyhow::bail!("{}: format '{}' is not '{PLAN_FORMAT}'", path.display(), plan.format);
         }
         Ok(plan)
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex_digest(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -34,10 +34,7 @@ pub struct State {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{file}: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
+    Io { file: String, source: std::io::Error },
     #[error("{file}: not a valid safetensors file: {why}")]
     Format { file: String, why: String },
 }
@@ -66,40 +63,21 @@ impl State {
         let views = raw
             .iter()
             .map(|(n, dt, shape, bytes)| {
-                Ok((
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)?,
-                ))
+                Ok((n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)?))
             })
             .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-            .map_err(|e| StateError::Format {
-                file: file.clone(),
-                why: e.to_string(),
-            })?;
-        let bytes = safetensors::serialize(views, Some(self.metadata.clone())).map_err(|e| {
-            StateError::Format {
-                file: file.clone(),
-                why: e.to_string(),
-            }
-        })?;
-        crate::fsutil::write_bytes_atomic(path, &bytes)
-            .map_err(|source| StateError::Io { file, source })
+            .map_err(|e| StateError::Format { file: file.clone(), why: e.to_string() })?;
+        let bytes = safetensors::serialize(views, Some(self.metadata.clone()))
+            .map_err(|e| StateError::Format { file: file.clone(), why: e.to_string() })?;
+        crate::fsutil::write_bytes_atomic(path, &bytes).map_err(|source| StateError::Io { file, source })
     }
 
     pub fn load(path: &Path) -> Result<State, StateError> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| StateError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        let format = |why: String| StateError::Format {
-            file: file.clone(),
-            why,
-        };
-        let (_, meta) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
-        let st =
-            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|source| StateError::Io { file: file.clone(), source })?;
+        let format = |why: String| StateError::Format { file: file.clone(), why };
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format(e.to_string()))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
@@ -107,29 +85,18 @@ impl State {
             let t = match view.dtype() {
                 safetensors::Dtype::F32 => StateTensor::F32 {
                     shape,
-                    data: data
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
+                    data: data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
                 },
                 safetensors::Dtype::I64 => StateTensor::I64 {
                     shape,
-                    data: data
-                        .chunks_exact(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
+                    data: data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
                 },
                 other => {
-                    return Err(format(format!(
-                        "tensor '{name}' has type {other:?}; state tensors are F32 or I64"
-                    )))
+                    return Err(format(format!("tensor '{name}' has type {other:?}; state tensors are F32 or I64")))
                 }
             };
             tensors.insert(name, t);
         }
-        Ok(State {
-            tensors,
-            metadata: meta.metadata().clone().unwrap_or_default(),
-        })
+        Ok(State { tensors, metadata: meta.metadata().clone().unwrap_or_default() })
     }
 }

@@ -27,10 +27,7 @@ pub enum ArtifactError {
 }
 
 fn dir_err(path: &Path, why: impl std::fmt::Display) -> ArtifactError {
-    ArtifactError::Dir {
-        path: path.display().to_string(),
-        why: why.to_string(),
-    }
+    ArtifactError::Dir { path: path.display().to_string(), why: why.to_string() }
 }
 
 /// Writes train_step.onnx, eval.onnx, the frozen weights (once, shared), state and plan.
@@ -42,21 +39,13 @@ pub fn write_artifacts(
     plan: &Plan,
 ) -> Result<(), ArtifactError> {
     check_target(out)?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| dir_err(parent, e))?;
-    let name = out
-        .file_name()
-        .ok_or_else(|| dir_err(out, "not a folder name"))?
-        .to_string_lossy()
-        .to_string();
+    let name = out.file_name().ok_or_else(|| dir_err(out, "not a folder name"))?.to_string_lossy().to_string();
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| dir_err(&tmp, e))?;
-    let result =
-        fill(&tmp, source, &mut graphs, state, plan).and_then(|_| swap_into_place(&tmp, out));
+    let result = fill(&tmp, source, &mut graphs, state, plan).and_then(|_| swap_into_place(&tmp, out));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -71,27 +60,18 @@ fn check_target(out: &Path) -> Result<(), ArtifactError> {
     if !out.is_dir() {
         return Err(dir_err(out, "exists and is not a folder"));
     }
-    let empty = std::fs::read_dir(out)
-        .map_err(|e| dir_err(out, e))?
-        .next()
-        .is_none();
+    let empty = std::fs::read_dir(out).map_err(|e| dir_err(out, e))?.next().is_none();
     if empty || out.join("plan.json").is_file() {
         Ok(())
     } else {
-        Err(dir_err(
-            out,
-            "exists and is not a neft artifact folder (no plan.json); refusing to overwrite it",
-        ))
+        Err(dir_err(out, "exists and is not a neft artifact folder (no plan.json); refusing to overwrite it"))
     }
 }
 
 fn swap_into_place(tmp: &Path, out: &Path) -> Result<(), ArtifactError> {
     if out.exists() {
-        let old = out.with_file_name(format!(
-            ".{}.old-{}",
-            out.file_name().unwrap().to_string_lossy(),
-            std::process::id()
-        ));
+        let old =
+            out.with_file_name(format!(".{}.old-{}", out.file_name().unwrap().to_string_lossy(), std::process::id()));
         std::fs::rename(out, &old).map_err(|e| dir_err(out, e))?;
         std::fs::rename(tmp, out).map_err(|e| dir_err(out, e))?;
         let _ = std::fs::remove_dir_all(&old);
@@ -101,21 +81,12 @@ fn swap_into_place(tmp: &Path, out: &Path) -> Result<(), ArtifactError> {
     Ok(())
 }
 
-fn fill(
-    dir: &Path,
-    source: &Model,
-    graphs: &mut Graphs,
-    state: &State,
-    plan: &Plan,
-) -> Result<(), ArtifactError> {
+fn fill(dir: &Path, source: &Model, graphs: &mut Graphs, state: &State, plan: &Plan) -> Result<(), ArtifactError> {
     let source_locations = externalize(dir, source, graphs)?;
     for location in source_locations {
         link_or_copy(&source.dir.join(&location), &dir.join(&location))?;
     }
-    for (file, proto) in [
-        ("train_step.onnx", &graphs.train),
-        ("eval.onnx", &graphs.eval),
-    ] {
+    for (file, proto) in [("train_step.onnx", &graphs.train), ("eval.onnx", &graphs.eval)] {
         let path = dir.join(file);
         let bytes = onnx::encode(proto, &path)?;
         crate::fsutil::write_bytes_atomic(&path, &bytes).map_err(|e| OnnxError::io(&path, e))?;
@@ -123,18 +94,13 @@ fn fill(
     state.save(&dir.join("state.safetensors"))?;
     let plan_text = serde_json::to_string_pretty(plan).expect("serializable");
     let plan_path = dir.join("plan.json");
-    crate::fsutil::write_bytes_atomic(&plan_path, plan_text.as_bytes())
-        .map_err(|e| dir_err(&plan_path, e))?;
+    crate::fsutil::write_bytes_atomic(&plan_path, plan_text.as_bytes()).map_err(|e| dir_err(&plan_path, e))?;
     Ok(())
 }
 
 /// Moves large inline initializers of both graphs into one shared weights file (each
 /// name once) and returns the source's external files the graphs still reference.
-fn externalize(
-    dir: &Path,
-    source: &Model,
-    graphs: &mut Graphs,
-) -> Result<BTreeSet<String>, ArtifactError> {
+fn externalize(dir: &Path, source: &Model, graphs: &mut Graphs) -> Result<BTreeSet<String>, ArtifactError> {
     let mut kept_locations = BTreeSet::new();
     let mut all_locations = BTreeSet::new();
     for g in [&graphs.train, &graphs.eval] {
@@ -156,12 +122,8 @@ fn externalize(
     for g in [&mut graphs.train, &mut graphs.eval] {
         for t in &mut g.graph.as_mut().expect("graph").initializer {
             if t.data_location() == DataLocation::External {
-                kept_locations.extend(
-                    t.external_data
-                        .iter()
-                        .filter(|e| e.key() == "location")
-                        .map(|e| e.value().to_string()),
-                );
+                kept_locations
+                    .extend(t.external_data.iter().filter(|e| e.key() == "location").map(|e| e.value().to_string()));
                 continue;
             }
             if let Some(done) = moved.get(t.name()) {
@@ -192,7 +154,5 @@ fn link_or_copy(src: &Path, dst: &PathBuf) -> Result<(), ArtifactError> {
     if std::fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
-    std::fs::copy(src, dst)
-        .map(|_| ())
-        .map_err(|e| dir_err(dst, format!("copying {}: {e}", src.display())))
+    std::fs::copy(src, dst).map(|_| ()).map_err(|e| dir_err(dst, format!("copying {}: {e}", src.display())))
 }

@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "neft",
-    version,
-    about = "Neuron-level fine-tuning for ONNX models, on stock ONNX Runtime"
-)]
+#[command(name = "neft", version, about = "Neuron-level fine-tuning for ONNX models, on stock ONNX Runtime")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,21 +47,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Inspect {
-            model,
-            json,
-            check,
-            ep,
-        } => {
+        Command::Inspect { model, json, check, ep } => {
             let m = onnx::load(&model)?;
-            let graph = ir::Graph::from_proto(m.graph())
-                .with_context(|| format!("{}: invalid graph", model.display()))?;
+            let graph =
+                ir::Graph::from_proto(m.graph()).with_context(|| format!("{}: invalid graph", model.display()))?;
             let summary = inspect::summarize(&m, &graph);
-            let runtime = if check {
-                Some(inspect::check_runtime(&m, ep)?)
-            } else {
-                None
-            };
+            let runtime = if check { Some(inspect::check_runtime(&m, ep)?) } else { None };
             if json {
                 let mut value = serde_json::to_value(&summary)?;
                 if let Some(r) = &runtime {

@@ -75,12 +75,7 @@ pub fn summarize(model: &Model, graph: &Graph) -> ModelSummary {
         };
         *op_histogram.entry(key).or_insert(0) += 1;
     }
-    let mut parameters = Parameters {
-        tensors: 0,
-        count: 0,
-        bytes: 0,
-        external_bytes: 0,
-    };
+    let mut parameters = Parameters { tensors: 0, count: 0, bytes: 0, external_bytes: 0 };
     for t in graph.initializers() {
         let n = crate::onnx::element_count(&t.dims);
         let bytes = n.saturating_mul(dtype_size(t.data_type()).unwrap_or(0) as u64);
@@ -93,42 +88,28 @@ pub fn summarize(model: &Model, graph: &Graph) -> ModelSummary {
     }
     for s in graph.sparse_initializers() {
         parameters.tensors += 1;
-        parameters.count = parameters
-            .count
-            .saturating_add(crate::onnx::element_count(&s.dims));
+        parameters.count = parameters.count.saturating_add(crate::onnx::element_count(&s.dims));
     }
     let layers = find_layers(graph);
     let trainable = Trainable {
         layers: layers.len(),
-        neurons: layers
-            .iter()
-            .fold(0u64, |a, l| a.saturating_add(l.neurons as u64)),
+        neurons: layers.iter().fold(0u64, |a, l| a.saturating_add(l.neurons as u64)),
         params: layers.iter().fold(0u64, |a, l| a.saturating_add(l.params)),
     };
     let p = &model.proto;
     ModelSummary {
         path: model.display_path(),
         ir_version: p.ir_version(),
-        producer: format!("{} {}", p.producer_name(), p.producer_version())
-            .trim()
-            .to_string(),
+        producer: format!("{} {}", p.producer_name(), p.producer_version()).trim().to_string(),
         opsets: p
             .opset_import
             .iter()
             .map(|o| Opset {
-                domain: if o.domain().is_empty() {
-                    "ai.onnx".into()
-                } else {
-                    o.domain().into()
-                },
+                domain: if o.domain().is_empty() { "ai.onnx".into() } else { o.domain().into() },
                 version: o.version(),
             })
             .collect(),
-        inputs: graph
-            .inputs()
-            .filter(|i| graph.initializer(i.name()).is_none())
-            .map(value_summary)
-            .collect(),
+        inputs: graph.inputs().filter(|i| graph.initializer(i.name()).is_none()).map(value_summary).collect(),
         outputs: graph.outputs().iter().map(value_summary).collect(),
         nodes: graph.op_count(),
         op_histogram,
@@ -151,25 +132,15 @@ fn value_summary(v: &ValueInfoProto) -> ValueSummary {
             })
             .collect()
     });
-    ValueSummary {
-        name: v.name().into(),
-        dtype,
-        shape,
-    }
+    ValueSummary { name: v.name().into(), dtype, shape }
 }
 
 fn shape_text(shape: &Option<Vec<serde_json::Value>>) -> String {
     match shape {
         None => "?".into(),
         Some(dims) => {
-            let d: Vec<String> = dims
-                .iter()
-                .map(|v| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                })
-                .collect();
+            let d: Vec<String> =
+                dims.iter().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())).collect();
             format!("[{}]", d.join(", "))
         }
     }
@@ -194,47 +165,21 @@ pub fn human_bytes(n: u64) -> String {
 /// The text report printed by `neft inspect MODEL.onnx`.
 pub fn render_text(s: &ModelSummary) -> String {
     let mut o = String::new();
-    let opsets: Vec<String> = s
-        .opsets
-        .iter()
-        .map(|o| format!("{} {}", o.domain, o.version))
-        .collect();
+    let opsets: Vec<String> = s.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect();
     let _ = writeln!(o, "model      {}", s.path);
-    let _ = writeln!(
-        o,
-        "format     IR version {}, opsets: {}",
-        s.ir_version,
-        opsets.join(", ")
-    );
+    let _ = writeln!(o, "format     IR version {}, opsets: {}", s.ir_version, opsets.join(", "));
     if !s.producer.is_empty() {
         let _ = writeln!(o, "producer   {}", s.producer);
     }
     let _ = writeln!(o, "\ninputs");
     for v in &s.inputs {
-        let _ = writeln!(
-            o,
-            "  {:<24} {:<8} {}",
-            v.name,
-            v.dtype,
-            shape_text(&v.shape)
-        );
+        let _ = writeln!(o, "  {:<24} {:<8} {}", v.name, v.dtype, shape_text(&v.shape));
     }
     let _ = writeln!(o, "outputs");
     for v in &s.outputs {
-        let _ = writeln!(
-            o,
-            "  {:<24} {:<8} {}",
-            v.name,
-            v.dtype,
-            shape_text(&v.shape)
-        );
+        let _ = writeln!(o, "  {:<24} {:<8} {}", v.name, v.dtype, shape_text(&v.shape));
     }
-    let _ = writeln!(
-        o,
-        "\nnodes      {} ({} op types)",
-        s.nodes,
-        s.op_histogram.len()
-    );
+    let _ = writeln!(o, "\nnodes      {} ({} op types)", s.nodes, s.op_histogram.len());
     let mut ops: Vec<(&String, &usize)> = s.op_histogram.iter().collect();
     ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     let line: Vec<String> = ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -248,23 +193,15 @@ pub fn render_text(s: &ModelSummary) -> String {
         p.count,
         p.tensors,
         human_bytes(p.bytes),
-        if p.external_bytes > 0 {
-            format!(" ({} external)", human_bytes(p.external_bytes))
-        } else {
-            String::new()
-        }
+        if p.external_bytes > 0 { format!(" ({} external)", human_bytes(p.external_bytes)) } else { String::new() }
     );
     let t = &s.trainable;
-    let _ = writeln!(
-        o,
-        "\ntrainable layers: {} with {} neurons, {} parameters",
-        t.layers, t.neurons, t.params
-    );
+    let _ = writeln!(o, "\ntrainable layers: {} with {} neurons, {} parameters", t.layers, t.neurons, t.params);
     if !s.layers.is_empty() {
         let _ = writeln!(
             o,
-            "  {:<28} {:<7} {:<18} {:>4} {:>8} {:>10}  node",
-            "weight", "kind", "shape", "axis", "neurons", "params"
+            "  {:<22} {:<28} {:<7} {:<18} {:>4} {:>8} {:>10}  node",
+            "role", "weight", "kind", "shape", "axis", "neurons", "params"
         );
         for l in &s.layers {
             let shape: Vec<String> = l.shape.iter().map(|d| d.to_string()).collect();
@@ -278,7 +215,8 @@ pub fn render_text(s: &ModelSummary) -> String {
             }
             let _ = writeln!(
                 o,
-                "  {:<28} {:<7} {:<18} {:>4} {:>8} {:>10}  {}{}",
+                "  {:<22} {:<28} {:<7} {:<18} {:>4} {:>8} {:>10}  {}{}",
+                l.role,
                 l.weight,
                 kind,
                 format!("[{}]", shape.join(", ")),

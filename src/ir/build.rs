@@ -49,21 +49,13 @@ impl Graph {
         attributes: Vec<AttributeProto>,
         hint: &str,
     ) -> Result<TensorName, IrError> {
-        Ok(self
-            .add_node(op_type, inputs, 1, attributes, hint)?
-            .remove(0))
+        Ok(self.add_node(op_type, inputs, 1, attributes, hint)?.remove(0))
     }
 
     /// Adds an initializer whose name came from [`Graph::fresh_name`].
-    pub fn add_initializer_reserved(
-        &mut self,
-        tensor: crate::onnx::proto::TensorProto,
-    ) -> Result<(), IrError> {
+    pub fn add_initializer_reserved(&mut self, tensor: crate::onnx::proto::TensorProto) -> Result<(), IrError> {
         if !self.taken.contains(tensor.name()) || self.producer(tensor.name()).is_some() {
-            return Err(IrError::Misuse(format!(
-                "'{}' was not reserved with fresh_name",
-                tensor.name()
-            )));
+            return Err(IrError::Misuse(format!("'{}' was not reserved with fresh_name", tensor.name())));
         }
         self.push_initializer(tensor)
     }
@@ -112,41 +104,23 @@ pub mod attr {
     use crate::onnx::proto::{AttributeProto, TensorProto};
 
     fn base(name: &str, ty: AttributeType) -> AttributeProto {
-        let mut a = AttributeProto {
-            name: Some(name.into()),
-            ..Default::default()
-        };
+        let mut a = AttributeProto { name: Some(name.into()), ..Default::default() };
         a.set_type(ty);
         a
     }
     pub fn int(name: &str, v: i64) -> AttributeProto {
-        AttributeProto {
-            i: Some(v),
-            ..base(name, AttributeType::Int)
-        }
+        AttributeProto { i: Some(v), ..base(name, AttributeType::Int) }
     }
     pub fn ints(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            ints: v.to_vec(),
-            ..base(name, AttributeType::Ints)
-        }
+        AttributeProto { ints: v.to_vec(), ..base(name, AttributeType::Ints) }
     }
     pub fn float(name: &str, v: f32) -> AttributeProto {
-        AttributeProto {
-            f: Some(v),
-            ..base(name, AttributeType::Float)
-        }
+        AttributeProto { f: Some(v), ..base(name, AttributeType::Float) }
     }
     pub fn string(name: &str, v: &str) -> AttributeProto {
-        AttributeProto {
-            s: Some(v.as_bytes().to_vec().into()),
-            ..base(name, AttributeType::String)
-        }
+        AttributeProto { s: Some(v.as_bytes().to_vec().into()), ..base(name, AttributeType::String) }
     }
     pub fn tensor(name: &str, v: TensorProto) -> AttributeProto {
-        AttributeProto {
-            t: Some(v),
-            ..base(name, AttributeType::Tensor)
-        }
+        AttributeProto { t: Some(v), ..base(name, AttributeType::Tensor) }
     }
 }

@@ -14,12 +14,7 @@ impl Graph {
     pub fn replace_op(&mut self, idx: NodeIndex, proto: NodeProto) -> Result<(), IrError> {
         let old_outputs = match self.g.node_weight(idx) {
             Some(Node::Op { proto: old, .. }) => old.output.clone(),
-            _ => {
-                return Err(IrError::Misuse(format!(
-                    "{} is not an op",
-                    self.describe(idx)
-                )))
-            }
+            _ => return Err(IrError::Misuse(format!("{} is not an op", self.describe(idx)))),
         };
         if old_outputs != proto.output {
             return Err(IrError::Misuse(format!(
@@ -29,35 +24,16 @@ impl Graph {
                 proto.output
             )));
         }
-        let explicit = proto
-            .input
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| !n.is_empty())
-            .map(|(s, n)| (n.clone(), Some(s)));
+        let explicit = proto.input.iter().enumerate().filter(|(_, n)| !n.is_empty()).map(|(s, n)| (n.clone(), Some(s)));
         let implicit = outer_names(&proto).into_iter().map(|n| (n, None));
         let mut wires = vec![];
         for (name, to_slot) in explicit.chain(implicit) {
             let Some((src, from_slot)) = self.producer(&name) else {
-                return Err(IrError::Dangling {
-                    node: self.describe(idx),
-                    name,
-                });
+                return Err(IrError::Dangling { node: self.describe(idx), name });
             };
-            wires.push((
-                src,
-                Wire {
-                    name,
-                    from_slot,
-                    to_slot,
-                },
-            ));
+            wires.push((src, Wire { name, from_slot, to_slot }));
         }
-        let old: Vec<_> = self
-            .g
-            .edges_directed(idx, Direction::Incoming)
-            .map(|e| e.id())
-            .collect();
+        let old: Vec<_> = self.g.edges_directed(idx, Direction::Incoming).map(|e| e.id()).collect();
         for e in old {
             self.g.remove_edge(e);
         }

@@ -35,11 +35,7 @@ pub enum IrError {
     #[error("graph output '{name}' is not produced by any node, graph input or initializer")]
     DanglingOutput { name: String },
     #[error("value '{name}' is produced twice: by {first} and by {second}")]
-    Duplicate {
-        name: String,
-        first: String,
-        second: String,
-    },
+    Duplicate { name: String, first: String, second: String },
     #[error("the graph has a cycle through nodes {nodes}")]
     Cycle { nodes: String },
     #[error("{0}")]
@@ -95,12 +91,7 @@ impl Graph {
             graph.define_initializer(t.name(), idx)?;
         }
         for s in &proto.sparse_initializer {
-            let name = s
-                .values
-                .as_ref()
-                .map(|v| v.name())
-                .unwrap_or_default()
-                .to_string();
+            let name = s.values.as_ref().map(|v| v.name()).unwrap_or_default().to_string();
             let idx = graph.g.add_node(Node::SparseInitializer(s.clone()));
             graph.sparse_initializers.push(idx);
             graph.define_initializer(&name, idx)?;
@@ -116,10 +107,7 @@ impl Graph {
         for n in &proto.node {
             let order = graph.next_order;
             graph.next_order += 1;
-            let idx = graph.g.add_node(Node::Op {
-                proto: n.clone(),
-                order,
-            });
+            let idx = graph.g.add_node(Node::Op { proto: n.clone(), order });
             graph.define_outputs(idx)?;
             ops.push(idx);
         }
@@ -128,9 +116,7 @@ impl Graph {
         }
         for o in &graph.outputs {
             if !graph.producer.contains_key(o.name()) {
-                return Err(IrError::DanglingOutput {
-                    name: o.name().to_string(),
-                });
+                return Err(IrError::DanglingOutput { name: o.name().to_string() });
             }
         }
         graph.topo_order()?;
@@ -200,11 +186,7 @@ impl Graph {
             self.producer.insert(name.clone(), (idx, slot));
             self.taken.insert(name.clone());
         }
-        if let Some(n) = self
-            .op(idx)
-            .map(|p| p.name().to_string())
-            .filter(|n| !n.is_empty())
-        {
+        if let Some(n) = self.op(idx).map(|p| p.name().to_string()).filter(|n| !n.is_empty()) {
             self.taken.insert(n);
         }
         Ok(())
@@ -212,29 +194,13 @@ impl Graph {
 
     fn connect_inputs(&mut self, idx: NodeIndex) -> Result<(), IrError> {
         let proto = self.op(idx).cloned().unwrap_or_default();
-        let explicit = proto
-            .input
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| !n.is_empty())
-            .map(|(s, n)| (n.clone(), Some(s)));
+        let explicit = proto.input.iter().enumerate().filter(|(_, n)| !n.is_empty()).map(|(s, n)| (n.clone(), Some(s)));
         let implicit = outer_names(&proto).into_iter().map(|n| (n, None));
         for (name, to_slot) in explicit.chain(implicit).collect::<Vec<_>>() {
             let Some(&(src, from_slot)) = self.producer.get(&name) else {
-                return Err(IrError::Dangling {
-                    node: self.describe(idx),
-                    name,
-                });
+                return Err(IrError::Dangling { node: self.describe(idx), name });
             };
-            self.g.add_edge(
-                src,
-                idx,
-                Wire {
-                    name,
-                    from_slot,
-                    to_slot,
-                },
-            );
+            self.g.add_edge(src, idx, Wire { name, from_slot, to_slot });
         }
         Ok(())
     }
@@ -262,9 +228,7 @@ impl Graph {
 
     /// Node indices of all ops, in no particular order.
     pub fn op_indices(&self) -> impl Iterator<Item = NodeIndex> + '_ {
-        self.g
-            .node_indices()
-            .filter(|&i| matches!(self.g[i], Node::Op { .. }))
+        self.g.node_indices().filter(|&i| matches!(self.g[i], Node::Op { .. }))
     }
 
     pub fn op_count(&self) -> usize {
@@ -307,12 +271,10 @@ impl Graph {
     }
 
     pub fn sparse_initializers(&self) -> impl Iterator<Item = &SparseTensorProto> + '_ {
-        self.sparse_initializers
-            .iter()
-            .filter_map(|&i| match &self.g[i] {
-                Node::SparseInitializer(s) => Some(s),
-                _ => None,
-            })
+        self.sparse_initializers.iter().filter_map(|&i| match &self.g[i] {
+            Node::SparseInitializer(s) => Some(s),
+            _ => None,
+        })
     }
 
     /// Graph inputs, in order (including any that only override an initializer).
@@ -342,10 +304,7 @@ impl Graph {
             Some(Node::Input(v)) => format!("graph input '{}'", v.name()),
             Some(Node::Initializer(t)) => format!("initializer '{}'", t.name()),
             Some(Node::SparseInitializer(s)) => {
-                format!(
-                    "sparse initializer '{}'",
-                    s.values.as_ref().map(|v| v.name()).unwrap_or_default()
-                )
+                format!("sparse initializer '{}'", s.values.as_ref().map(|v| v.name()).unwrap_or_default())
             }
             None => format!("<removed node {}>", idx.index()),
         }
@@ -356,19 +315,15 @@ impl Graph {
     /// Adds an op whose inputs already exist. Its outputs must be new names.
     pub fn add_op(&mut self, mut proto: NodeProto) -> Result<NodeIndex, IrError> {
         if let Some(label) = &self.pass {
-            proto
-                .metadata_props
-                .push(crate::onnx::proto::StringStringEntryProto {
-                    key: Some(PASS_KEY.into()),
-                    value: Some(label.clone()),
-                });
+            proto.metadata_props.push(crate::onnx::proto::StringStringEntryProto {
+                key: Some(PASS_KEY.into()),
+                value: Some(label.clone()),
+            });
         }
         let order = self.next_order;
         self.next_order += 1;
         let idx = self.g.add_node(Node::Op { proto, order });
-        let connected = self
-            .define_outputs(idx)
-            .and_then(|_| self.connect_inputs(idx));
+        let connected = self.define_outputs(idx).and_then(|_| self.connect_inputs(idx));
         if let Err(e) = connected {
             self.detach(idx);
             return Err(e);
@@ -408,16 +363,13 @@ impl Graph {
             .get(name)
             .ok_or_else(|| IrError::Misuse(format!("'{name}' is not an initializer")))?;
         if self.producer.get(name).map(|p| p.0) != Some(idx) {
-            return Err(IrError::Misuse(format!(
-                "'{name}' is already overridden by a graph input"
-            )));
+            return Err(IrError::Misuse(format!("'{name}' is already overridden by a graph input")));
         }
         let Node::Initializer(t) = self.g[idx].clone() else {
             return Err(IrError::Misuse(format!("'{name}' is a sparse initializer")));
         };
         let dims: Vec<crate::onnx::make::DimSpec> = t.dims.iter().map(|&d| d.into()).collect();
-        let dtype =
-            crate::onnx::DataType::try_from(t.data_type()).unwrap_or(crate::onnx::DataType::Float);
+        let dtype = crate::onnx::DataType::try_from(t.data_type()).unwrap_or(crate::onnx::DataType::Float);
         self.g[idx] = Node::Input(crate::onnx::make::value_info(name, dtype, &dims));
         self.initializer_index.remove(name);
         self.initializers.retain(|&i| i != idx);
@@ -428,9 +380,7 @@ impl Graph {
     /// Makes an existing value a graph output.
     pub fn add_output(&mut self, info: ValueInfoProto) -> Result<(), IrError> {
         if !self.producer.contains_key(info.name()) {
-            return Err(IrError::DanglingOutput {
-                name: info.name().to_string(),
-            });
+            return Err(IrError::DanglingOutput { name: info.name().to_string() });
         }
         self.outputs.push(info);
         Ok(())
@@ -438,13 +388,8 @@ impl Graph {
 
     /// Replaces the graph outputs.
     pub fn set_outputs(&mut self, outputs: Vec<ValueInfoProto>) -> Result<(), IrError> {
-        if let Some(o) = outputs
-            .iter()
-            .find(|o| !self.producer.contains_key(o.name()))
-        {
-            return Err(IrError::DanglingOutput {
-                name: o.name().to_string(),
-            });
+        if let Some(o) = outputs.iter().find(|o| !self.producer.contains_key(o.name())) {
+            return Err(IrError::DanglingOutput { name: o.name().to_string() });
         }
         self.outputs = outputs;
         Ok(())
@@ -452,10 +397,10 @@ impl Graph {
 
     /// Makes input `slot` of op `idx` read `name` instead.
     pub fn set_input(&mut self, idx: NodeIndex, slot: usize, name: &str) -> Result<(), IrError> {
-        let &(src, from_slot) = self.producer.get(name).ok_or_else(|| IrError::Dangling {
-            node: self.describe(idx),
-            name: name.to_string(),
-        })?;
+        let &(src, from_slot) = self
+            .producer
+            .get(name)
+            .ok_or_else(|| IrError::Dangling { node: self.describe(idx), name: name.to_string() })?;
         let old: Vec<_> = self
             .g
             .edges_directed(idx, Direction::Incoming)
@@ -466,36 +411,16 @@ impl Graph {
             self.g.remove_edge(e);
         }
         match self.g.node_weight_mut(idx) {
-            Some(Node::Op { proto, .. }) if slot < proto.input.len() => {
-                proto.input[slot] = name.to_string()
-            }
-            _ => {
-                return Err(IrError::Misuse(format!(
-                    "{} has no input slot {slot}",
-                    self.describe(idx)
-                )))
-            }
+            Some(Node::Op { proto, .. }) if slot < proto.input.len() => proto.input[slot] = name.to_string(),
+            _ => return Err(IrError::Misuse(format!("{} has no input slot {slot}", self.describe(idx)))),
         }
-        self.g.add_edge(
-            src,
-            idx,
-            Wire {
-                name: name.to_string(),
-                from_slot,
-                to_slot: Some(slot),
-            },
-        );
+        self.g.add_edge(src, idx, Wire { name: name.to_string(), from_slot, to_slot: Some(slot) });
         Ok(())
     }
 
     /// Makes every explicit reader of `old` (ops and graph outputs) read `new` instead,
     /// except the ops in `keep` and the producer of `new` (which would form a cycle).
-    pub fn replace_uses(
-        &mut self,
-        old: &str,
-        new: &str,
-        keep: &[NodeIndex],
-    ) -> Result<(), IrError> {
+    pub fn replace_uses(&mut self, old: &str, new: &str, keep: &[NodeIndex]) -> Result<(), IrError> {
         let new_producer = self.producer(new).map(|p| p.0);
         for (node, slot) in self.consumers(old) {
             match slot {
@@ -529,11 +454,7 @@ impl Graph {
             )));
         }
         let names = self.defined_names(idx);
-        if let Some(o) = self
-            .outputs
-            .iter()
-            .find(|o| names.contains(&o.name().to_string()))
-        {
+        if let Some(o) = self.outputs.iter().find(|o| names.contains(&o.name().to_string())) {
             return Err(IrError::Misuse(format!(
                 "cannot remove {}: '{}' is a graph output",
                 self.describe(idx),
@@ -546,20 +467,10 @@ impl Graph {
 
     fn defined_names(&self, idx: NodeIndex) -> Vec<String> {
         match &self.g[idx] {
-            Node::Op { proto, .. } => proto
-                .output
-                .iter()
-                .filter(|o| !o.is_empty())
-                .cloned()
-                .collect(),
+            Node::Op { proto, .. } => proto.output.iter().filter(|o| !o.is_empty()).cloned().collect(),
             Node::Input(v) => vec![v.name().to_string()],
             Node::Initializer(t) => vec![t.name().to_string()],
-            Node::SparseInitializer(s) => vec![s
-                .values
-                .as_ref()
-                .map(|v| v.name())
-                .unwrap_or_default()
-                .to_string()],
+            Node::SparseInitializer(s) => vec![s.values.as_ref().map(|v| v.name()).unwrap_or_default().to_string()],
         }
     }
 
@@ -584,9 +495,7 @@ impl Graph {
 
     fn ensure_free(&self, name: &str) -> Result<(), IrError> {
         if name.is_empty() || self.taken.contains(name) {
-            return Err(IrError::Misuse(format!(
-                "name '{name}' is empty or already used in the graph"
-            )));
+            return Err(IrError::Misuse(format!("name '{name}' is empty or already used in the graph")));
         }
         Ok(())
     }
@@ -595,22 +504,15 @@ impl Graph {
     /// (they are the model's interface). Returns how many nodes were removed.
     pub fn eliminate_dead(&mut self) -> usize {
         let mut live: HashSet<NodeIndex> = HashSet::new();
-        let mut stack: Vec<NodeIndex> = self
-            .outputs
-            .iter()
-            .filter_map(|o| self.producer(o.name()))
-            .map(|p| p.0)
-            .collect();
+        let mut stack: Vec<NodeIndex> =
+            self.outputs.iter().filter_map(|o| self.producer(o.name())).map(|p| p.0).collect();
         while let Some(n) = stack.pop() {
             if live.insert(n) {
                 stack.extend(self.g.neighbors_directed(n, Direction::Incoming));
             }
         }
-        let dead: Vec<NodeIndex> = self
-            .g
-            .node_indices()
-            .filter(|i| !live.contains(i) && !matches!(self.g[*i], Node::Input(_)))
-            .collect();
+        let dead: Vec<NodeIndex> =
+            self.g.node_indices().filter(|i| !live.contains(i) && !matches!(self.g[*i], Node::Input(_))).collect();
         for &i in &dead {
             self.detach(i);
         }

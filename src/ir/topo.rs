@@ -48,17 +48,12 @@ impl Graph {
         if stuck.len() > 6 {
             nodes.push(format!("and {} more", stuck.len() - 6));
         }
-        Err(IrError::Cycle {
-            nodes: nodes.join(", "),
-        })
+        Err(IrError::Cycle { nodes: nodes.join(", ") })
     }
 
     /// The ops in topological order.
     pub fn ops_in_order(&self) -> Vec<NodeIndex> {
         let order = self.topo_order().expect("passes keep the graph acyclic");
-        order
-            .into_iter()
-            .filter(|&i| self.op(i).is_some())
-            .collect()
+        order.into_iter().filter(|&i| self.op(i).is_some()).collect()
     }
 }

@@ -34,19 +34,11 @@ pub struct ExternalData {
 
 impl ExternalData {
     pub(crate) fn new(dir: &Path) -> Self {
-        ExternalData {
-            dir: dir.to_path_buf(),
-            maps: Arc::default(),
-        }
+        ExternalData { dir: dir.to_path_buf(), maps: Arc::default() }
     }
 
     /// The safe, canonical path of a location inside the model folder.
-    pub(crate) fn resolve(
-        &self,
-        tensor: &TensorProto,
-        location: &str,
-        path: &Path,
-    ) -> Result<PathBuf, OnnxError> {
+    pub(crate) fn resolve(&self, tensor: &TensorProto, location: &str, path: &Path) -> Result<PathBuf, OnnxError> {
         let refuse = |why| OnnxError::UnsafeLocation {
             path: display(path),
             tensor: tensor.name().to_string(),
@@ -60,9 +52,7 @@ impl ExternalData {
         for c in rel.components() {
             match c {
                 Component::ParentDir => return Err(refuse("it contains '..'")),
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(refuse("it is an absolute path"))
-                }
+                Component::RootDir | Component::Prefix(_) => return Err(refuse("it is an absolute path")),
                 _ => {}
             }
         }
@@ -72,15 +62,10 @@ impl ExternalData {
             location: location.to_string(),
             source,
         };
-        let dir = self
-            .dir
-            .canonicalize()
-            .map_err(|e| OnnxError::io(&self.dir, e))?;
+        let dir = self.dir.canonicalize().map_err(|e| OnnxError::io(&self.dir, e))?;
         let full = dir.join(rel).canonicalize().map_err(missing)?;
         if !full.starts_with(&dir) {
-            return Err(refuse(
-                "it resolves outside the model's folder (through a symbolic link)",
-            ));
+            return Err(refuse("it resolves outside the model's folder (through a symbolic link)"));
         }
         if !full.is_file() {
             return Err(missing(io::Error::other("not a regular file")));
@@ -107,37 +92,27 @@ impl ExternalData {
         if r.offset > size {
             return Err(field_err(
                 "offset",
-                format!(
-                    "offset {} is past the end of '{}' ({size} bytes)",
-                    r.offset, r.location
-                ),
+                format!("offset {} is past the end of '{}' ({size} bytes)", r.offset, r.location),
             ));
         }
         let length = match r.length {
             Some(len) => len,
             None => expected_len(tensor).unwrap_or(size - r.offset),
         };
-        let end = r
-            .offset
-            .checked_add(length)
-            .filter(|&e| e <= size)
-            .ok_or_else(|| {
-                field_err(
-                    "length",
-                    format!(
-                        "bytes {}..{}+{} run past the end of '{}' ({size} bytes)",
-                        r.offset, r.offset, length, r.location
-                    ),
-                )
-            })?;
+        let end = r.offset.checked_add(length).filter(|&e| e <= size).ok_or_else(|| {
+            field_err(
+                "length",
+                format!(
+                    "bytes {}..{}+{} run past the end of '{}' ({size} bytes)",
+                    r.offset, r.offset, length, r.location
+                ),
+            )
+        })?;
         if let Some(expected) = expected_len(tensor) {
             if expected != length {
                 return Err(field_err(
                     "length",
-                    format!(
-                        "{length} bytes, but shape {:?} needs {expected}",
-                        tensor.dims
-                    ),
+                    format!("{length} bytes, but shape {:?} needs {expected}", tensor.dims),
                 ));
             }
         }
@@ -181,8 +156,7 @@ pub(crate) fn parse_ref(tensor: &TensorProto, path: &Path) -> Result<ExternalRef
     let mut length = None;
     for entry in &tensor.external_data {
         let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| field_err(entry.key(), format!("'{v}' is not a non-negative integer")))
+            v.parse::<u64>().map_err(|_| field_err(entry.key(), format!("'{v}' is not a non-negative integer")))
         };
         match entry.key() {
             "location" => location = Some(entry.value().to_string()),
@@ -192,11 +166,7 @@ pub(crate) fn parse_ref(tensor: &TensorProto, path: &Path) -> Result<ExternalRef
         }
     }
     let location = location.ok_or_else(|| field_err("location", "missing".into()))?;
-    Ok(ExternalRef {
-        location,
-        offset,
-        length,
-    })
+    Ok(ExternalRef { location, offset, length })
 }
 
 /// Writes tensor data into one new external data file, then points tensors at it.
@@ -215,13 +185,7 @@ impl ExternalWriter {
         let path = dir.join(location);
         let tmp = crate::fsutil::temp_beside(&path);
         let out = io::BufWriter::new(File::create(&tmp).map_err(|e| OnnxError::io(&tmp, e))?);
-        Ok(ExternalWriter {
-            location: location.to_string(),
-            path,
-            tmp,
-            out,
-            offset: 0,
-        })
+        Ok(ExternalWriter { location: location.to_string(), path, tmp, out, offset: 0 })
     }
 
     /// Appends `data` (the tensor's little-endian bytes) and makes `tensor` refer to it.
@@ -230,15 +194,10 @@ impl ExternalWriter {
         let align = if data.len() >= 1 << 20 { 4096 } else { 64 };
         let pad = (align - self.offset % align) % align;
         let io_err = |e| OnnxError::io(&self.tmp, e);
-        self.out
-            .write_all(&vec![0u8; pad as usize])
-            .map_err(io_err)?;
+        self.out.write_all(&vec![0u8; pad as usize]).map_err(io_err)?;
         self.offset += pad;
         self.out.write_all(data).map_err(io_err)?;
-        let entry = |k: &str, v: String| StringStringEntryProto {
-            key: Some(k.into()),
-            value: Some(v),
-        };
+        let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
         tensor.external_data = vec![
             entry("location", self.location.clone()),
             entry("offset", self.offset.to_string()),

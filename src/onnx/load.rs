@@ -17,17 +17,11 @@ pub fn load(path: impl AsRef<Path>) -> Result<Model, OnnxError> {
     let file = File::open(path).map_err(|e| OnnxError::io(path, e))?;
     let len = file.metadata().map_err(|e| OnnxError::io(path, e))?.len();
     if len == 0 {
-        return Err(OnnxError::Invalid {
-            path: display(path),
-            what: "the file is empty".into(),
-        });
+        return Err(OnnxError::Invalid { path: display(path), what: "the file is empty".into() });
     }
     // SAFETY: read-only map; see ExternalData::map for the contract.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| OnnxError::io(path, e))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut model = load_bytes(Bytes::from_owner(map), dir, path)?;
     model.path = path.to_path_buf();
     Ok(model)
@@ -45,22 +39,14 @@ pub fn load_bytes(bytes: Bytes, dir: &Path, label: &Path) -> Result<Model, OnnxE
 
 /// Protobuf decoding only.
 pub fn decode(bytes: Bytes, label: &Path) -> Result<ModelProto, OnnxError> {
-    ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
-        path: display(label),
-        source,
-    })
+    ModelProto::decode(bytes).map_err(|source| OnnxError::Decode { path: display(label), source })
 }
 
 fn check(model: &Model) -> Result<(), OnnxError> {
-    let invalid = |what: String| OnnxError::Invalid {
-        path: display(&model.path),
-        what,
-    };
+    let invalid = |what: String| OnnxError::Invalid { path: display(&model.path), what };
     let proto = &model.proto;
     let Some(graph) = &proto.graph else {
-        return Err(invalid(
-            "it has no graph (field ModelProto.graph); is this an ONNX model file?".into(),
-        ));
+        return Err(invalid("it has no graph (field ModelProto.graph); is this an ONNX model file?".into()));
     };
     if proto.ir_version.is_none() {
         return Err(invalid("field ModelProto.ir_version is missing".into()));

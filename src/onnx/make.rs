@@ -3,8 +3,8 @@
 use super::proto::tensor_proto::DataType;
 use super::proto::tensor_shape_proto::{dimension, Dimension};
 use super::proto::{
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
 };
 use bytes::Bytes;
 
@@ -39,30 +39,15 @@ pub fn tensor_raw(name: &str, dtype: DataType, dims: &[i64], raw: Vec<u8>) -> Te
 }
 
 pub fn tensor_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
-    tensor_raw(
-        name,
-        DataType::Float,
-        dims,
-        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    )
+    tensor_raw(name, DataType::Float, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 pub fn tensor_f64(name: &str, dims: &[i64], data: &[f64]) -> TensorProto {
-    tensor_raw(
-        name,
-        DataType::Double,
-        dims,
-        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    )
+    tensor_raw(name, DataType::Double, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 pub fn tensor_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
-    tensor_raw(
-        name,
-        DataType::Int64,
-        dims,
-        data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    )
+    tensor_raw(name, DataType::Int64, dims, data.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// A tensor type with a declared shape (`None`: rank unknown).
@@ -80,30 +65,19 @@ pub fn tensor_type(dtype: DataType, shape: Option<&[DimSpec]>) -> TypeProto {
             .collect(),
     });
     TypeProto {
-        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-            elem_type: Some(dtype as i32),
-            shape,
-        })),
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(dtype as i32), shape })),
         denotation: None,
     }
 }
 
 /// A value declaration, e.g. `value_info("x", Float, &["batch".into(), 16.into()])`.
 pub fn value_info(name: &str, dtype: DataType, dims: &[DimSpec]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(tensor_type(dtype, Some(dims))),
-        ..Default::default()
-    }
+    ValueInfoProto { name: Some(name.to_string()), r#type: Some(tensor_type(dtype, Some(dims))), ..Default::default() }
 }
 
 /// A value declaration with a known type but no shape.
 pub fn value_info_unshaped(name: &str, dtype: DataType) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(tensor_type(dtype, None)),
-        ..Default::default()
-    }
+    ValueInfoProto { name: Some(name.to_string()), r#type: Some(tensor_type(dtype, None)), ..Default::default() }
 }
 
 pub fn node(
@@ -115,10 +89,7 @@ pub fn node(
     NodeProto {
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
-        name: Some(format!(
-            "{op_type}_{}",
-            outputs.first().copied().unwrap_or("")
-        )),
+        name: Some(format!("{op_type}_{}", outputs.first().copied().unwrap_or(""))),
         op_type: Some(op_type.to_string()),
         attribute: attributes,
         ..Default::default()
@@ -129,10 +100,7 @@ pub fn node(
 pub fn model(graph: GraphProto, opset: i64) -> ModelProto {
     ModelProto {
         ir_version: Some(10),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(opset),
-        }],
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(opset) }],
         producer_name: Some("neft".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
         graph: Some(graph),

@@ -43,19 +43,11 @@ impl Model {
     /// A model made in memory whose external data (if any) lie in `dir`.
     pub fn new(proto: proto::ModelProto, dir: impl Into<PathBuf>) -> Model {
         let dir = dir.into();
-        Model {
-            proto,
-            path: PathBuf::new(),
-            external: ExternalData::new(&dir),
-            dir,
-        }
+        Model { proto, path: PathBuf::new(), external: ExternalData::new(&dir), dir }
     }
 
     pub fn graph(&self) -> &proto::GraphProto {
-        self.proto
-            .graph
-            .as_ref()
-            .expect("Model always has a graph (checked at load)")
+        self.proto.graph.as_ref().expect("Model always has a graph (checked at load)")
     }
 
     /// The raw little-endian bytes of a tensor, wherever they are stored.

@@ -17,10 +17,7 @@ pub const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
 pub fn encode(proto: &ModelProto, label: &Path) -> Result<Vec<u8>, OnnxError> {
     let size = proto.encoded_len();
     if size > PROTOBUF_LIMIT {
-        return Err(OnnxError::TooLarge {
-            path: display(label),
-            size,
-        });
+        return Err(OnnxError::TooLarge { path: display(label), size });
     }
     Ok(proto.encode_to_vec())
 }
@@ -31,10 +28,7 @@ pub fn encode(proto: &ModelProto, label: &Path) -> Result<Vec<u8>, OnnxError> {
 pub fn save(model: &Model, path: impl AsRef<Path>) -> Result<(), OnnxError> {
     let path = path.as_ref();
     let bytes = encode(&model.proto, path)?;
-    let target = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let target = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     copy_external_files(model, target)?;
     fsutil::write_bytes_atomic(path, &bytes).map_err(|e| OnnxError::io(path, e))
 }
@@ -45,9 +39,7 @@ fn copy_external_files(model: &Model, target: &Path) -> Result<(), OnnxError> {
     for_each_tensor(&model.proto, &mut |t| {
         if is_external(t) {
             let r = parse_ref(t, &model.path)?;
-            first_tensor
-                .entry(r.location.clone())
-                .or_insert_with(|| t.clone());
+            first_tensor.entry(r.location.clone()).or_insert_with(|| t.clone());
             locations.insert(r.location);
         }
         Ok::<(), OnnxError>(())
@@ -55,13 +47,9 @@ fn copy_external_files(model: &Model, target: &Path) -> Result<(), OnnxError> {
     if locations.is_empty() {
         return Ok(());
     }
-    let target_canon = target
-        .canonicalize()
-        .map_err(|e| OnnxError::io(target, e))?;
+    let target_canon = target.canonicalize().map_err(|e| OnnxError::io(target, e))?;
     for location in locations {
-        let src = model
-            .external()
-            .resolve(&first_tensor[&location], &location, &model.path)?;
+        let src = model.external().resolve(&first_tensor[&location], &location, &model.path)?;
         let dst = target_canon.join(&location);
         if dst.canonicalize().ok().as_deref() == Some(src.as_path()) {
             continue; // saving in place: the data file is already where it belongs
@@ -70,12 +58,10 @@ fn copy_external_files(model: &Model, target: &Path) -> Result<(), OnnxError> {
             std::fs::create_dir_all(parent).map_err(|e| OnnxError::io(parent, e))?;
         }
         let tmp = fsutil::temp_beside(&dst);
-        std::fs::copy(&src, &tmp)
-            .and_then(|_| std::fs::rename(&tmp, &dst))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                OnnxError::io(&dst, e)
-            })?;
+        std::fs::copy(&src, &tmp).and_then(|_| std::fs::rename(&tmp, &dst)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            OnnxError::io(&dst, e)
+        })?;
     }
     Ok(())
 }

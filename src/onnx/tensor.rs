@@ -14,8 +14,7 @@ pub fn dtype_size(data_type: i32) -> Option<usize> {
     use DataType::*;
     Some(match DataType::try_from(data_type).ok()? {
         Float | Int32 | Uint32 => 4,
-        Uint8 | Int8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
-        | Float8e8m0 => 1,
+        Uint8 | Int8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz | Float8e8m0 => 1,
         Uint16 | Int16 | Float16 | Bfloat16 => 2,
         Int64 | Uint64 | Double | Complex64 => 8,
         Complex128 => 16,
@@ -33,14 +32,11 @@ pub fn dtype_name(data_type: i32) -> String {
 /// Elements of a tensor with these dimensions, saturating (a hostile file can declare
 /// dimensions whose product overflows); negative dimensions count as 0.
 pub fn element_count(dims: &[i64]) -> u64 {
-    dims.iter()
-        .fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
+    dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
 }
 
 pub(crate) fn numel(tensor: &TensorProto) -> Option<u64> {
-    tensor.dims.iter().try_fold(1u64, |acc, &d| {
-        u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
-    })
+    tensor.dims.iter().try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
 }
 
 /// Expected byte length of the tensor's data, where the type has a whole-byte size.
@@ -49,11 +45,7 @@ pub(crate) fn expected_len(tensor: &TensorProto) -> Option<u64> {
     numel(tensor)?.checked_mul(size? as u64)
 }
 
-pub(crate) fn tensor_bytes(
-    tensor: &TensorProto,
-    external: &ExternalData,
-    path: &Path,
-) -> Result<Bytes, OnnxError> {
+pub(crate) fn tensor_bytes(tensor: &TensorProto, external: &ExternalData, path: &Path) -> Result<Bytes, OnnxError> {
     let bytes = if tensor.data_location() == DataLocation::External {
         external.read(tensor, path)?
     } else if let Some(raw) = &tensor.raw_data {
@@ -77,36 +69,24 @@ pub(crate) fn tensor_bytes(
 }
 
 fn bad(tensor: &TensorProto, path: &Path, why: String) -> OnnxError {
-    OnnxError::TensorData {
-        path: display(path),
-        tensor: tensor.name().to_string(),
-        why,
-    }
+    OnnxError::TensorData { path: display(path), tensor: tensor.name().to_string(), why }
 }
 
 /// Converts the typed repeated fields (`float_data`, `int32_data`, ...) to raw bytes.
 fn typed_bytes(t: &TensorProto) -> Result<Bytes, String> {
     use DataType::*;
-    let dt = DataType::try_from(t.data_type())
-        .map_err(|_| format!("unknown data type {}", t.data_type()))?;
+    let dt = DataType::try_from(t.data_type()).map_err(|_| format!("unknown data type {}", t.data_type()))?;
     let out: Vec<u8> = match dt {
         Float | Complex64 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Double | Complex128 => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Int64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Uint64 => t.uint64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Uint32 => t
-            .uint64_data
-            .iter()
-            .flat_map(|&v| (v as u32).to_le_bytes())
-            .collect(),
+        Uint32 => t.uint64_data.iter().flat_map(|&v| (v as u32).to_le_bytes()).collect(),
         Int32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Int16 | Uint16 | Float16 | Bfloat16 => t
-            .int32_data
-            .iter()
-            .flat_map(|&v| (v as u16).to_le_bytes())
-            .collect(),
-        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
-        | Float8e8m0 => t.int32_data.iter().map(|&v| v as u8).collect(),
+        Int16 | Uint16 | Float16 | Bfloat16 => t.int32_data.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect(),
+        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz | Float8e8m0 => {
+            t.int32_data.iter().map(|&v| v as u8).collect()
+        }
         Uint4 | Int4 | Float4e2m1 | Uint2 | Int2 => t.int32_data.iter().map(|&v| v as u8).collect(),
         String => return Err("string tensors have no byte representation".into()),
         Undefined => return Err("data type is UNDEFINED".into()),
@@ -121,48 +101,28 @@ pub fn embedded_i64(t: &TensorProto) -> Option<Vec<i64>> {
         return None;
     }
     let values: Vec<i64> = match &t.raw_data {
-        Some(raw) => raw
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
+        Some(raw) => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
         None => t.int64_data.clone(),
     };
     (values.len() as u64 == numel(t)?).then_some(values)
 }
 
 /// Decodes little-endian bytes of a float tensor to f32.
-pub(crate) fn to_f32(
-    tensor: &TensorProto,
-    bytes: &[u8],
-    path: &Path,
-) -> Result<Vec<f32>, OnnxError> {
+pub(crate) fn to_f32(tensor: &TensorProto, bytes: &[u8], path: &Path) -> Result<Vec<f32>, OnnxError> {
     use DataType::*;
     let dt = DataType::try_from(tensor.data_type()).unwrap_or(Undefined);
     Ok(match dt {
-        Float => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect(),
-        Double => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect(),
-        Float16 => bytes
-            .chunks_exact(2)
-            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        Bfloat16 => bytes
-            .chunks_exact(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-            .collect(),
+        Float => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        Double => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        Float16 => bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        Bfloat16 => {
+            bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
+        }
         _ => {
             return Err(bad(
                 tensor,
                 path,
-                format!(
-                    "expected a floating-point tensor, found {}",
-                    dtype_name(tensor.data_type())
-                ),
+                format!("expected a floating-point tensor, found {}", dtype_name(tensor.data_type())),
             ))
         }
     })

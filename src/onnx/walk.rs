@@ -1,15 +1,10 @@
 //! Visiting every tensor a model holds, wherever the format allows one: initializers,
 //! sparse initializers, node attributes, subgraphs, training graphs and functions.
 
-use super::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto,
-};
+use super::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto};
 
 /// Calls `f` on every tensor in the model. Stops at the first error.
-pub fn for_each_tensor<E>(
-    model: &ModelProto,
-    f: &mut dyn FnMut(&TensorProto) -> Result<(), E>,
-) -> Result<(), E> {
+pub fn for_each_tensor<E>(model: &ModelProto, f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) -> Result<(), E> {
     if let Some(g) = &model.graph {
         graph(g, f)?;
     }
@@ -34,20 +29,11 @@ fn graph<E>(g: &GraphProto, f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) ->
     nodes(&g.node, f)
 }
 
-fn nodes<E>(
-    nodes: &[NodeProto],
-    f: &mut dyn FnMut(&TensorProto) -> Result<(), E>,
-) -> Result<(), E> {
-    nodes
-        .iter()
-        .flat_map(|n| &n.attribute)
-        .try_for_each(|a| attribute(a, f))
+fn nodes<E>(nodes: &[NodeProto], f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) -> Result<(), E> {
+    nodes.iter().flat_map(|n| &n.attribute).try_for_each(|a| attribute(a, f))
 }
 
-fn attribute<E>(
-    a: &AttributeProto,
-    f: &mut dyn FnMut(&TensorProto) -> Result<(), E>,
-) -> Result<(), E> {
+fn attribute<E>(a: &AttributeProto, f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) -> Result<(), E> {
     for t in a.t.iter().chain(&a.tensors) {
         f(t)?;
     }
@@ -60,10 +46,7 @@ fn attribute<E>(
     Ok(())
 }
 
-fn sparse<E>(
-    s: &SparseTensorProto,
-    f: &mut dyn FnMut(&TensorProto) -> Result<(), E>,
-) -> Result<(), E> {
+fn sparse<E>(s: &SparseTensorProto, f: &mut dyn FnMut(&TensorProto) -> Result<(), E>) -> Result<(), E> {
     for t in s.values.iter().chain(s.indices.iter()) {
         f(t)?;
     }

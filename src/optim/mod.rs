@@ -16,26 +16,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "lowercase")]
 pub enum Optimizer {
-    AdamW {
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        weight_decay: f32,
-    },
-    Sgd {
-        momentum: f32,
-        weight_decay: f32,
-    },
+    AdamW { beta1: f32, beta2: f32, eps: f32, weight_decay: f32 },
+    Sgd { momentum: f32, weight_decay: f32 },
 }
 
 impl Optimizer {
     pub fn adamw(weight_decay: f32) -> Self {
-        Optimizer::AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay,
-        }
+        Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
     }
 
     /// Names of the state tensors kept per parameter (suffixes of the parameter name).
@@ -76,12 +63,7 @@ pub fn updated(name: &str) -> String {
 }
 
 /// Appends the optimizer. See the module docs for the interface it adds.
-pub fn append(
-    graph: &mut Graph,
-    params: &[Param],
-    opt: Optimizer,
-    clip: Option<f32>,
-) -> Result<OptimizerIo, IrError> {
+pub fn append(graph: &mut Graph, params: &[Param], opt: Optimizer, clip: Option<f32>) -> Result<OptimizerIo, IrError> {
     graph.set_pass(Some("optimizer"));
     let scalar = |n: &str, t| make::value_info(n, t, &[]);
     graph.add_input(scalar("lr", DataType::Float))?;
@@ -89,12 +71,7 @@ pub fn append(
     let one_i = graph.const_i64("one", 1);
     let step_out = graph.add1("Add", &["step", &one_i], vec![], "step.next")?;
     // Bias corrections use t = step + 1, the number of this update.
-    let step_f = graph.add1(
-        "Cast",
-        &[&step_out],
-        vec![attr::int("to", DataType::Float as i64)],
-        "step_f",
-    )?;
+    let step_f = graph.add1("Cast", &[&step_out], vec![attr::int("to", DataType::Float as i64)], "step_f")?;
 
     // Masked gradients first: frozen elements must not count towards the norm.
     let mut grads = vec![];
@@ -102,12 +79,7 @@ pub fn append(
         grads.push(match &p.mask {
             Some(mask) => {
                 let zero = graph.const_f32("zero", 0.0);
-                graph.add1(
-                    "Where",
-                    &[mask, &p.grad, &zero],
-                    vec![],
-                    &format!("{}.masked_grad", p.name),
-                )?
+                graph.add1("Where", &[mask, &p.grad, &zero], vec![], &format!("{}.masked_grad", p.name))?
             }
             None => p.grad.clone(),
         });
@@ -126,24 +98,13 @@ pub fn append(
     let mut updates = vec![];
     for (p, g) in params.iter().zip(&grads) {
         let (new_param, states) = match opt {
-            Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => adamw(graph, p, g, &step_f, beta1, beta2, eps, weight_decay)?,
-            Optimizer::Sgd {
-                momentum,
-                weight_decay,
-            } => sgd(graph, p, g, momentum, weight_decay)?,
+            Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+                adamw(graph, p, g, &step_f, beta1, beta2, eps, weight_decay)?
+            }
+            Optimizer::Sgd { momentum, weight_decay } => sgd(graph, p, g, momentum, weight_decay)?,
         };
         let new_param = match &p.mask {
-            Some(mask) => graph.add1(
-                "Where",
-                &[mask, &new_param, &p.name],
-                vec![],
-                &format!("{}.kept", p.name),
-            )?,
+            Some(mask) => graph.add1("Where", &[mask, &new_param, &p.name], vec![], &format!("{}.kept", p.name))?,
             None => new_param,
         };
         updates.push(expose(graph, &p.name, &new_param, &p.shape)?);
@@ -154,35 +115,18 @@ pub fn append(
     let step_name = expose(graph, "step", &step_out, &[])?.1;
     graph.add_output(make::value_info(&grad_norm, DataType::Float, &[]))?;
     graph.set_pass(None);
-    Ok(OptimizerIo {
-        lr: "lr".into(),
-        step: "step".into(),
-        step_out: step_name,
-        grad_norm,
-        updates,
-    })
+    Ok(OptimizerIo { lr: "lr".into(), step: "step".into(), step_out: step_name, grad_norm, updates })
 }
 
 /// Publishes `value` as the graph output `<name>.new`.
-fn expose(
-    graph: &mut Graph,
-    name: &str,
-    value: &str,
-    shape: &[i64],
-) -> Result<(String, String), IrError> {
+fn expose(graph: &mut Graph, name: &str, value: &str, shape: &[i64]) -> Result<(String, String), IrError> {
     let out = updated(name);
     let id = graph.add1("Identity", &[value], vec![], &out)?;
     // add1 may have had to pick another name; the output must be exactly `<name>.new`.
     if id != out {
-        return Err(IrError::Misuse(format!(
-            "the graph already uses the name '{out}'"
-        )));
+        return Err(IrError::Misuse(format!("the graph already uses the name '{out}'")));
     }
-    let dtype = if name == "step" {
-        DataType::Int64
-    } else {
-        DataType::Float
-    };
+    let dtype = if name == "step" { DataType::Int64 } else { DataType::Float };
     let dims: Vec<make::DimSpec> = shape.iter().map(|&d| d.into()).collect();
     graph.add_output(make::value_info(&out, dtype, &dims))?;
     Ok((name.to_string(), out))
@@ -192,12 +136,7 @@ fn global_norm(graph: &mut Graph, grads: &[TensorName]) -> Result<TensorName, Ir
     let mut sum: Option<TensorName> = None;
     for g in grads {
         let sq = graph.add1("Mul", &[g, g], vec![], "grad_sq")?;
-        let s = graph.add1(
-            "ReduceSum",
-            &[&sq],
-            vec![attr::int("keepdims", 0)],
-            "grad_sq_sum",
-        )?;
+        let s = graph.add1("ReduceSum", &[&sq], vec![attr::int("keepdims", 0)], "grad_sq_sum")?;
         sum = Some(match sum {
             None => s,
             Some(acc) => graph.add1("Add", &[&acc, &s], vec![], "grad_sq_total")?,
@@ -234,12 +173,7 @@ fn adamw(
     let m = state_input(graph, p, ".m")?;
     let v = state_input(graph, p, ".v")?;
     let c = |graph: &mut Graph, v: f32| graph.const_f32("c", v);
-    let (kb1, k1b1, kb2, k1b2) = (
-        c(graph, b1),
-        c(graph, 1.0 - b1),
-        c(graph, b2),
-        c(graph, 1.0 - b2),
-    );
+    let (kb1, k1b1, kb2, k1b2) = (c(graph, b1), c(graph, 1.0 - b1), c(graph, b2), c(graph, 1.0 - b2));
     // m' = b1 m + (1 - b1) g ;  v' = b2 v + (1 - b2) g²
     let m1 = graph.add1("Mul", &[&m, &kb1], vec![], "adam_m")?;
     let m2 = graph.add1("Mul", &[g, &k1b1], vec![], "adam_m")?;
@@ -270,12 +204,7 @@ fn adamw(
         dir
     };
     let delta = graph.add1("Mul", &["lr", &dir], vec![], "adam_delta")?;
-    let new_p = graph.add1(
-        "Sub",
-        &[&p.name, &delta],
-        vec![],
-        &format!("{}.adam", p.name),
-    )?;
+    let new_p = graph.add1("Sub", &[&p.name, &delta], vec![], &format!("{}.adam", p.name))?;
     Ok((new_p, vec![(m, m_new), (v, v_new)]))
 }
 
@@ -299,11 +228,6 @@ fn sgd(graph: &mut Graph, p: &Param, g: &str, momentum: f32, wd: f32) -> Result<
         g
     };
     let delta = graph.add1("Mul", &["lr", &dir], vec![], "sgd_delta")?;
-    let new_p = graph.add1(
-        "Sub",
-        &[&p.name, &delta],
-        vec![],
-        &format!("{}.sgd", p.name),
-    )?;
+    let new_p = graph.add1("Sub", &[&p.name, &delta], vec![], &format!("{}.sgd", p.name))?;
     Ok((new_p, states))
 }

@@ -50,46 +50,23 @@ pub struct LossInfo {
 pub const IGNORE_INDEX: i64 = -100;
 
 pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassError> {
-    let outputs: Vec<(String, Option<Vec<DimSpec>>)> = graph
-        .outputs()
-        .iter()
-        .map(|o| (o.name().to_string(), declared(o).and_then(|d| d.1)))
-        .collect();
+    let outputs: Vec<(String, Option<Vec<DimSpec>>)> =
+        graph.outputs().iter().map(|o| (o.name().to_string(), declared(o).and_then(|d| d.1))).collect();
     let names: Vec<&str> = outputs.iter().map(|o| o.0.as_str()).collect();
-    let scalar = |name: &str| {
-        outputs
-            .iter()
-            .any(|(n, s)| n == name && s.as_deref().is_some_and(|s| s.is_empty()))
-    };
+    let scalar = |name: &str| outputs.iter().any(|(n, s)| n == name && s.as_deref().is_some_and(|s| s.is_empty()));
     match spec {
         LossSpec::Output(name) => {
             if !names.contains(&name.as_str()) {
                 return Err(refuse(
                     "loss",
-                    format!(
-                        "--loss {name}: the model has no such output (outputs: {})",
-                        names.join(", ")
-                    ),
+                    format!("--loss {name}: the model has no such output (outputs: {})", names.join(", ")),
                 ));
             }
-            Ok(LossInfo {
-                loss: name.clone(),
-                kind: "output".into(),
-                labels: None,
-                tokens: None,
-            })
+            Ok(LossInfo { loss: name.clone(), kind: "output".into(), labels: None, tokens: None })
         }
         LossSpec::Auto => {
-            if let Some((n, _)) = outputs
-                .iter()
-                .find(|(n, _)| n.to_lowercase().contains("loss") && scalar(n))
-            {
-                return Ok(LossInfo {
-                    loss: n.clone(),
-                    kind: "output".into(),
-                    labels: None,
-                    tokens: None,
-                });
+            if let Some((n, _)) = outputs.iter().find(|(n, _)| n.to_lowercase().contains("loss") && scalar(n)) {
+                return Ok(LossInfo { loss: n.clone(), kind: "output".into(), labels: None, tokens: None });
             }
             let logits = names.iter().find(|n| **n == "logits").ok_or_else(|| {
                 refuse(
@@ -106,10 +83,7 @@ pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassE
             let logits = names.iter().find(|n| **n == "logits").ok_or_else(|| {
                 refuse(
                     "loss",
-                    format!(
-                        "--loss causal-lm needs an output named 'logits' (outputs: {})",
-                        names.join(", ")
-                    ),
+                    format!("--loss causal-lm needs an output named 'logits' (outputs: {})", names.join(", ")),
                 )
             })?;
             causal_lm(graph, logits)
@@ -119,42 +93,20 @@ pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassE
 
 fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     if graph.producer("labels").is_some() {
-        return Err(refuse(
-            "loss",
-            "the model already has a value named 'labels'; name its loss output with --loss",
-        ));
+        return Err(refuse("loss", "the model already has a value named 'labels'; name its loss output with --loss"));
     }
     graph.set_pass(Some("loss"));
     let g = graph;
-    g.add_input(make::value_info(
-        "labels",
-        DataType::Int64,
-        &["batch".into(), "seq".into()],
-    ))?;
+    g.add_input(make::value_info("labels", DataType::Int64, &["batch".into(), "seq".into()]))?;
     let axis1 = g.const_i64s("axis1", &[1]);
     let zero = g.const_i64s("start0", &[0]);
     let minus1 = g.const_i64s("end_m1", &[-1]);
     let one = g.const_i64s("start1", &[1]);
     let end = g.const_i64s("end_max", &[i64::MAX]);
     // Position t predicts token t+1.
-    let lg = g.add1(
-        "Slice",
-        &[logits, &zero, &minus1, &axis1],
-        vec![],
-        "shift_logits",
-    )?;
-    let lb = g.add1(
-        "Slice",
-        &["labels", &one, &end, &axis1],
-        vec![],
-        "shift_labels",
-    )?;
-    let lp = g.add1(
-        "LogSoftmax",
-        &[&lg],
-        vec![attr::int("axis", -1)],
-        "log_probs",
-    )?;
+    let lg = g.add1("Slice", &[logits, &zero, &minus1, &axis1], vec![], "shift_logits")?;
+    let lb = g.add1("Slice", &["labels", &one, &end, &axis1], vec![], "shift_labels")?;
+    let lp = g.add1("LogSoftmax", &[&lg], vec![attr::int("axis", -1)], "log_probs")?;
     let ignore = g.const_i64("ignore_index", IGNORE_INDEX);
     let is_ignored = g.add1("Equal", &[&lb, &ignore], vec![], "ignored")?;
     let valid = g.add1("Not", &[&is_ignored], vec![], "counted")?;
@@ -162,32 +114,12 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     let safe = g.add1("Where", &[&valid, &lb, &zero_i], vec![], "safe_labels")?;
     let last = g.const_i64s("last_axis", &[-1]);
     let idx = g.add1("Unsqueeze", &[&safe, &last], vec![], "label_index")?;
-    let picked = g.add1(
-        "GatherElements",
-        &[&lp, &idx],
-        vec![attr::int("axis", -1)],
-        "label_log_prob",
-    )?;
+    let picked = g.add1("GatherElements", &[&lp, &idx], vec![attr::int("axis", -1)], "label_log_prob")?;
     let picked = g.add1("Squeeze", &[&picked, &last], vec![], "label_log_prob")?;
-    let weight = g.add1(
-        "Cast",
-        &[&valid],
-        vec![attr::int("to", DataType::Float as i64)],
-        "token_weight",
-    )?;
+    let weight = g.add1("Cast", &[&valid], vec![attr::int("to", DataType::Float as i64)], "token_weight")?;
     let masked = g.add1("Mul", &[&picked, &weight], vec![], "masked_log_prob")?;
-    let total = g.add1(
-        "ReduceSum",
-        &[&masked],
-        vec![attr::int("keepdims", 0)],
-        "sum_log_prob",
-    )?;
-    let count = g.add1(
-        "ReduceSum",
-        &[&weight],
-        vec![attr::int("keepdims", 0)],
-        "token_count",
-    )?;
+    let total = g.add1("ReduceSum", &[&masked], vec![attr::int("keepdims", 0)], "sum_log_prob")?;
+    let count = g.add1("ReduceSum", &[&weight], vec![attr::int("keepdims", 0)], "token_count")?;
     let one_f = g.const_f32("one", 1.0);
     let count = g.add1("Max", &[&count, &one_f], vec![], "token_count")?;
     let mean = g.add1("Div", &[&total, &count], vec![], "mean_log_prob")?;
@@ -195,10 +127,5 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     g.add_output(make::value_info(&loss, DataType::Float, &[]))?;
     g.add_output(make::value_info(&count, DataType::Float, &[]))?;
     g.set_pass(None);
-    Ok(LossInfo {
-        loss,
-        kind: "causal-lm".into(),
-        labels: Some("labels".into()),
-        tokens: Some(count),
-    })
+    Ok(LossInfo { loss, kind: "causal-lm".into(), labels: Some("labels".into()), tokens: Some(count) })
 }

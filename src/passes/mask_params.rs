@@ -15,11 +15,7 @@ use crate::select::NeuronSet;
 
 const PASS: &str = "mask_params";
 
-pub fn mask_params(
-    graph: &mut Graph,
-    layers: &[Layer],
-    neurons: &NeuronSet,
-) -> Result<Vec<Trainable>, PassError> {
+pub fn mask_params(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> Result<Vec<Trainable>, PassError> {
     graph.set_pass(Some(PASS));
     let mut out = vec![];
     for (weight, sel) in &neurons.layers {
@@ -31,7 +27,13 @@ pub fn mask_params(
             .find(|l| &l.weight == weight)
             .ok_or_else(|| refuse(PASS, format!("'{weight}' is not a trainable layer")))?;
         if layer.source != WeightSource::Initializer {
-            return Err(refuse(PASS, format!("weight '{weight}' is made by a {:?} node; only initializer weights can be trained", layer.source)));
+            return Err(refuse(
+                PASS,
+                format!(
+                    "weight '{weight}' is made by a {:?} node; only initializer weights can be trained",
+                    layer.source
+                ),
+            ));
         }
         out.push(promote(graph, weight, &layer.shape, layer.axis, &sel.rows)?);
         if let Some(b) = &layer.bias {
@@ -43,21 +45,12 @@ pub fn mask_params(
 }
 
 /// `name` becomes an input; its mask is true on the selected rows along `axis`.
-fn promote(
-    graph: &mut Graph,
-    name: &str,
-    shape: &[i64],
-    axis: usize,
-    rows: &[usize],
-) -> Result<Trainable, PassError> {
+fn promote(graph: &mut Graph, name: &str, shape: &[i64], axis: usize, rows: &[usize]) -> Result<Trainable, PassError> {
     let t = graph.promote_to_input(name)?;
     if t.data_type() != DataType::Float as i32 {
         return Err(refuse(
             PASS,
-            format!(
-                "'{name}' is {}; only FLOAT weights can be trained",
-                crate::onnx::dtype_name(t.data_type())
-            ),
+            format!("'{name}' is {}; only FLOAT weights can be trained", crate::onnx::dtype_name(t.data_type())),
         ));
     }
     let mut mask_shape = vec![1i64; shape.len()];

@@ -21,8 +21,5 @@ pub enum PassError {
 }
 
 pub(crate) fn refuse(pass: &'static str, why: impl Into<String>) -> PassError {
-    PassError::Refused {
-        pass,
-        why: why.into(),
-    }
+    PassError::Refused { pass, why: why.into() }
 }

@@ -38,11 +38,7 @@ pub struct Trainable {
 const PASS: &str = "split_rows";
 
 /// Rewrites every selected layer; returns the new parameters (weights, then biases).
-pub fn split_rows(
-    graph: &mut Graph,
-    layers: &[Layer],
-    neurons: &NeuronSet,
-) -> Result<Vec<Trainable>, PassError> {
+pub fn split_rows(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> Result<Vec<Trainable>, PassError> {
     graph.set_pass(Some(PASS));
     let mut out = vec![];
     for (weight, sel) in &neurons.layers {
@@ -59,32 +55,19 @@ pub fn split_rows(
     Ok(out)
 }
 
-fn split_layer(
-    graph: &mut Graph,
-    layer: &Layer,
-    rows: &[usize],
-) -> Result<Vec<Trainable>, PassError> {
+fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<Trainable>, PassError> {
     let w = &layer.weight;
     if layer.source != WeightSource::Initializer {
         return Err(refuse(
             PASS,
-            format!(
-                "weight '{w}' is made by a {:?} node; only initializer weights can be split",
-                layer.source
-            ),
+            format!("weight '{w}' is made by a {:?} node; only initializer weights can be split", layer.source),
         ));
     }
-    let dtype = graph
-        .initializer(w)
-        .map(|t| t.data_type())
-        .unwrap_or_default();
+    let dtype = graph.initializer(w).map(|t| t.data_type()).unwrap_or_default();
     if dtype != DataType::Float as i32 {
         return Err(refuse(
             PASS,
-            format!(
-                "weight '{w}' is {}; only FLOAT weights can be trained",
-                crate::onnx::dtype_name(dtype)
-            ),
+            format!("weight '{w}' is {}; only FLOAT weights can be trained", crate::onnx::dtype_name(dtype)),
         ));
     }
     let users = graph.consumers(w);
@@ -127,24 +110,13 @@ fn split_layer(
     };
     let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
     for (node, _) in users {
-        rewrite_use(
-            graph,
-            node,
-            layer,
-            &rows_name,
-            bias_rows.as_deref(),
-            &selected,
-        )?;
+        rewrite_use(graph, node, layer, &rows_name, bias_rows.as_deref(), &selected)?;
     }
     // A MatMul's bias lives in the Add after it: scatter the trainable elements in.
     if let (LayerKind::MatMul, Some(b), Some(b_rows)) = (layer.kind, &layer.bias, &bias_rows) {
         let idx = graph.const_i64s(&format!("{b}.selected"), &selected);
-        let merged = graph.add1(
-            "ScatterElements",
-            &[b, &idx, b_rows],
-            vec![attr::int("axis", 0)],
-            &format!("{b}.merged"),
-        )?;
+        let merged =
+            graph.add1("ScatterElements", &[b, &idx, b_rows], vec![attr::int("axis", 0)], &format!("{b}.merged"))?;
         let readers: Vec<NodeIndex> = graph
             .consumers(b)
             .into_iter()
@@ -152,9 +124,7 @@ fn split_layer(
             .filter(|&n| graph.op(n).is_some_and(|o| o.op_type() == "Add"))
             .collect();
         for n in readers {
-            let slot = graph
-                .op(n)
-                .and_then(|o| o.input.iter().position(|i| i == b));
+            let slot = graph.op(n).and_then(|o| o.input.iter().position(|i| i == b));
             if let Some(slot) = slot {
                 graph.set_input(n, slot, &merged)?;
             }
@@ -182,12 +152,7 @@ fn rewrite_use(
         LayerKind::MatMul => {}
         LayerKind::Gemm | LayerKind::Conv => {
             if layer.kind == LayerKind::Conv {
-                let group = proto
-                    .attribute
-                    .iter()
-                    .find(|a| a.name() == "group")
-                    .map(|a| a.i())
-                    .unwrap_or(1);
+                let group = proto.attribute.iter().find(|a| a.name() == "group").map(|a| a.i()).unwrap_or(1);
                 if group != 1 {
                     return Err(refuse(PASS, format!("{}: Conv with group={group}: selecting output channels of a grouped convolution is not supported", graph.describe(node))));
                 }
@@ -211,16 +176,11 @@ fn rewrite_use(
         }
         _ => (-1, vec![selected.len() as i64]),
     };
-    let idx_name =
-        graph.const_i64_tensor(&format!("{}.selected", layer.weight), &idx_shape, selected);
+    let idx_name = graph.const_i64_tensor(&format!("{}.selected", layer.weight), &idx_shape, selected);
     let shape = graph.add1("Shape", &[&y_sel], vec![], "selected_shape")?;
     let idx = graph.add1("Expand", &[&idx_name, &shape], vec![], "selected_index")?;
-    let merged = graph.add1(
-        "ScatterElements",
-        &[&y, &idx, &y_sel],
-        vec![attr::int("axis", axis)],
-        &format!("{y}.merged"),
-    )?;
+    let merged =
+        graph.add1("ScatterElements", &[&y, &idx, &y_sel], vec![attr::int("axis", axis)], &format!("{y}.merged"))?;
     graph.replace_uses(&y, &merged, &[graph.producer(&merged).unwrap().0])?;
     Ok(())
 }

@@ -54,9 +54,7 @@ impl std::str::FromStr for Ep {
             "cuda" => Ok(Ep::Cuda { device: 0 }),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(device)) => Ok(Ep::Cuda { device }),
-                _ => Err(format!(
-                    "unknown execution provider '{s}': use cpu, cuda or cuda:N"
-                )),
+                _ => Err(format!("unknown execution provider '{s}': use cpu, cuda or cuda:N")),
             },
         }
     }
@@ -72,10 +70,7 @@ pub fn library_path() -> Result<PathBuf, RuntimeError> {
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(RuntimeError::LibraryNotFound(format!(
-                "ORT_DYLIB_PATH points to {}, which is not a file",
-                p.display()
-            )))
+            Err(RuntimeError::LibraryNotFound(format!("ORT_DYLIB_PATH points to {}, which is not a file", p.display())))
         };
     }
     let mut dirs: Vec<PathBuf> = vec![];
@@ -90,11 +85,7 @@ pub fn library_path() -> Result<PathBuf, RuntimeError> {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(LIB_PREFIX))
-            })
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(LIB_PREFIX)))
             .collect();
         found.sort_by_key(|p| version_key(p));
         if let Some(p) = found.pop() {
@@ -110,42 +101,25 @@ pub fn library_path() -> Result<PathBuf, RuntimeError> {
 
 fn version_key(p: &Path) -> Vec<u64> {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    name.trim_start_matches(LIB_PREFIX)
-        .split('.')
-        .map(|s| s.parse().unwrap_or(0))
-        .collect()
+    name.trim_start_matches(LIB_PREFIX).split('.').map(|s| s.parse().unwrap_or(0)).collect()
 }
 
-static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> =
-    OnceLock::new();
+static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
 
 /// The process-wide ONNX Runtime environment, loading the library on first use.
 pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
     let entry = ENVIRONMENT.get_or_init(|| {
         let path = library_path().map_err(|e| e.to_string())?;
         let env = ort::init_from(&path)
-            .map_err(|e| {
-                format!(
-                    "ONNX Runtime library {} could not be loaded: {e}",
-                    path.display()
-                )
-            })?
+            .map_err(|e| format!("ONNX Runtime library {} could not be loaded: {e}", path.display()))?
             .with_name("neft")
             .build()
-            .map_err(|e| {
-                format!(
-                    "ONNX Runtime library {} could not start: {e}",
-                    path.display()
-                )
-            })?;
+            .map_err(|e| format!("ONNX Runtime library {} could not start: {e}", path.display()))?;
         Ok((env, path))
     });
     match entry {
         Ok((env, _)) => Ok(env),
-        Err(why) => Err(RuntimeError::LibraryLoad {
-            path: "ONNX Runtime".into(),
-            why: why.clone(),
-        }),
+        Err(why) => Err(RuntimeError::LibraryLoad { path: "ONNX Runtime".into(), why: why.clone() }),
     }
 }
 
@@ -209,9 +183,7 @@ impl HostTensor {
     }
 
     fn to_value(&self) -> ort::Result<DynValue> {
-        fn dyn_tensor<
-            T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static,
-        >(
+        fn dyn_tensor<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
             a: &ArrayD<T>,
         ) -> ort::Result<DynValue> {
             Ok(Tensor::from_array(a.clone())?.into_dyn())
@@ -230,12 +202,8 @@ impl HostTensor {
         let ValueType::Tensor { ty, .. } = v.dtype() else {
             return Err(format!("output is a {:?}, not a tensor", v.dtype()));
         };
-        fn get<T: ort::value::PrimitiveTensorElementType + Clone>(
-            v: &DynValue,
-        ) -> Result<ArrayD<T>, String> {
-            v.try_extract_array::<T>()
-                .map(|a| a.to_owned())
-                .map_err(|e| e.to_string())
+        fn get<T: ort::value::PrimitiveTensorElementType + Clone>(v: &DynValue) -> Result<ArrayD<T>, String> {
+            v.try_extract_array::<T>().map(|a| a.to_owned()).map_err(|e| e.to_string())
         }
         Ok(match ty {
             TensorElementType::Float32 => HostTensor::F32(get(v)?),
@@ -271,82 +239,42 @@ impl Session {
         let mut builder = builder(opts, &label)?;
         let inner = builder
             .commit_from_file(path)
-            .map_err(|e| RuntimeError::Session {
-                model: label.clone(),
-                why: e.to_string(),
-            })?;
-        Ok(Session {
-            inner,
-            ep: opts.ep,
-            label,
-        })
+            .map_err(|e| RuntimeError::Session { model: label.clone(), why: e.to_string() })?;
+        Ok(Session { inner, ep: opts.ep, label })
     }
 
     /// A session for a serialized model without external data.
-    pub fn from_bytes(
-        bytes: &[u8],
-        label: &str,
-        opts: &SessionOptions,
-    ) -> Result<Session, RuntimeError> {
+    pub fn from_bytes(bytes: &[u8], label: &str, opts: &SessionOptions) -> Result<Session, RuntimeError> {
         let mut builder = builder(opts, label)?;
         let inner = builder
             .commit_from_memory(bytes)
-            .map_err(|e| RuntimeError::Session {
-                model: label.into(),
-                why: e.to_string(),
-            })?;
-        Ok(Session {
-            inner,
-            ep: opts.ep,
-            label: label.into(),
-        })
+            .map_err(|e| RuntimeError::Session { model: label.into(), why: e.to_string() })?;
+        Ok(Session { inner, ep: opts.ep, label: label.into() })
     }
 
     pub fn input_names(&self) -> Vec<String> {
-        self.inner
-            .inputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect()
+        self.inner.inputs().iter().map(|o| o.name().to_string()).collect()
     }
 
     pub fn output_names(&self) -> Vec<String> {
-        self.inner
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect()
+        self.inner.outputs().iter().map(|o| o.name().to_string()).collect()
     }
 
     /// Runs with named inputs and returns every output by name.
-    pub fn run(
-        &mut self,
-        inputs: &[(&str, HostTensor)],
-    ) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
-        let err = |why: String| RuntimeError::Run {
-            model: self.label.clone(),
-            why,
-        };
+    pub fn run(&mut self, inputs: &[(&str, HostTensor)]) -> Result<Vec<(String, HostTensor)>, RuntimeError> {
+        let err = |why: String| RuntimeError::Run { model: self.label.clone(), why };
         let mut values = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {
-            let v = t
-                .to_value()
-                .map_err(|e| err(format!("input '{name}': {e}")))?;
-            values.push((
-                std::borrow::Cow::Owned(name.to_string()),
-                ort::session::SessionInputValue::from(v),
-            ));
+            let v = t.to_value().map_err(|e| err(format!("input '{name}': {e}")))?;
+            values.push((std::borrow::Cow::Owned(name.to_string()), ort::session::SessionInputValue::from(v)));
         }
         let names = self.output_names();
         let outputs = self.inner.run(values).map_err(|e| err(e.to_string()))?;
         names
             .into_iter()
             .map(|n| {
-                let v = outputs
-                    .get(&n)
-                    .ok_or_else(|| err(format!("output '{n}' missing")))?;
-                let t =
-                    HostTensor::from_value(v).map_err(|why| err(format!("output '{n}': {why}")))?;
+                let v = outputs.get(&n).ok_or_else(|| err(format!("output '{n}' missing")))?;
+                let t = HostTensor::from_value(v).map_err(|why| err(format!("output '{n}': {why}")))?;
                 Ok((n, t))
             })
             .collect()
@@ -355,49 +283,28 @@ impl Session {
 
 fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, RuntimeError> {
     let env = environment()?;
-    let session_err = |why: String| RuntimeError::Session {
-        model: label.into(),
-        why,
-    };
+    let session_err = |why: String| RuntimeError::Session { model: label.into(), why };
     let mut b = ort::session::Session::builder(env).map_err(|e| session_err(e.to_string()))?;
     if let Some(n) = opts.threads {
-        b = b
-            .with_intra_threads(n)
-            .map_err(|e| session_err(e.to_string()))?;
+        b = b.with_intra_threads(n).map_err(|e| session_err(e.to_string()))?;
     }
     if let Ep::Cuda { device } = opts.ep {
-        let cuda = ort::ep::CUDA::default()
-            .with_device_id(device)
-            .build()
-            .error_on_failure();
+        let cuda = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
         b = b
             .with_execution_providers([cuda])
-            .map_err(|e| RuntimeError::Cuda {
-                why: e.to_string(),
-                hint: cuda_hint(),
-            })?;
+            .map_err(|e| RuntimeError::Cuda { why: e.to_string(), hint: cuda_hint() })?;
     }
     Ok(b)
 }
 
 /// Which of the files the CUDA provider needs cannot be found, and how to get them.
 fn cuda_hint() -> String {
-    let lib_dir = loaded_library()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let lib_dir = loaded_library().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
     let mut dirs: Vec<PathBuf> = vec![lib_dir.clone()];
     if let Some(ld) = std::env::var_os("LD_LIBRARY_PATH") {
         dirs.extend(std::env::split_paths(&ld));
     }
-    dirs.extend(
-        [
-            "/usr/lib/x86_64-linux-gnu",
-            "/usr/local/cuda/lib64",
-            "/usr/lib64",
-        ]
-        .map(PathBuf::from),
-    );
+    dirs.extend(["/usr/lib/x86_64-linux-gnu", "/usr/local/cuda/lib64", "/usr/lib64"].map(PathBuf::from));
     let needed = [
         "libonnxruntime_providers_cuda.so",
         "libonnxruntime_providers_shared.so",
@@ -408,14 +315,12 @@ fn cuda_hint() -> String {
         "libcufft.so.12",
         "libcudnn.so.9",
     ];
-    let missing: Vec<&str> = needed
-        .iter()
-        .copied()
-        .filter(|f| !dirs.iter().any(|d| d.join(f).exists()))
-        .collect();
+    let missing: Vec<&str> = needed.iter().copied().filter(|f| !dirs.iter().any(|d| d.join(f).exists())).collect();
     let mut hint = String::new();
     if missing.is_empty() {
-        hint.push_str("All the expected CUDA libraries were found; check the driver (nvidia-smi) and the message above.");
+        hint.push_str(
+            "All the expected CUDA libraries were found; check the driver (nvidia-smi) and the message above.",
+        );
     } else {
         hint.push_str(&format!(
             "Not found beside the ONNX Runtime library or on LD_LIBRARY_PATH: {}.",

@@ -5,8 +5,7 @@
 //! computations) keep their values.
 
 use crate::onnx::proto::{
-    tensor_proto::DataType, tensor_shape_proto, type_proto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    tensor_proto::DataType, tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use crate::onnx::{self, Model};
 use prost::Message;
@@ -47,8 +46,7 @@ const KEEP_VALUES_UP_TO: u64 = 64;
 pub fn infer(model: &Model) -> anyhow::Result<HashMap<String, ValueFact>> {
     let mut proto = model.proto.clone();
     let graph = proto.graph.as_mut().expect("checked at load");
-    let inputs: std::collections::HashSet<String> =
-        graph.input.iter().map(|i| i.name().to_string()).collect();
+    let inputs: std::collections::HashSet<String> = graph.input.iter().map(|i| i.name().to_string()).collect();
     let mut kept = vec![];
     for t in std::mem::take(&mut graph.initializer) {
         let numel = onnx::element_count(&t.dims);
@@ -58,9 +56,7 @@ pub fn infer(model: &Model) -> anyhow::Result<HashMap<String, ValueFact>> {
         );
         if float && numel > KEEP_VALUES_UP_TO {
             if !inputs.contains(t.name()) {
-                graph
-                    .input
-                    .push(typed_input(t.name(), t.data_type(), &t.dims));
+                graph.input.push(typed_input(t.name(), t.data_type(), &t.dims));
             }
         } else {
             let mut t = t;

@@ -24,46 +24,28 @@ pub struct NeuronSet {
 #[derive(Debug, thiserror::Error)]
 pub enum NeuronError {
     #[error("{file}: {source}")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
+    Io { file: String, source: std::io::Error },
     #[error("{file}: not a neurons file: {why}")]
     Parse { file: String, why: String },
     #[error("{file}: layer '{weight}': {why}")]
-    Layer {
-        file: String,
-        weight: String,
-        why: String,
-    },
+    Layer { file: String, weight: String, why: String },
 }
 
 impl NeuronSet {
     pub fn new() -> Self {
-        NeuronSet {
-            format: NEURONS_FORMAT.into(),
-            layers: BTreeMap::new(),
-        }
+        NeuronSet { format: NEURONS_FORMAT.into(), layers: BTreeMap::new() }
     }
 
     /// Reads and checks the file's own structure (format tag, sorted unique rows).
     pub fn load(path: &Path) -> Result<NeuronSet, NeuronError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| NeuronError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        let set: NeuronSet = serde_json::from_str(&text).map_err(|e| NeuronError::Parse {
-            file: file.clone(),
-            why: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| NeuronError::Io { file: file.clone(), source })?;
+        let set: NeuronSet =
+            serde_json::from_str(&text).map_err(|e| NeuronError::Parse { file: file.clone(), why: e.to_string() })?;
         if set.format != NEURONS_FORMAT {
             return Err(NeuronError::Parse {
                 file,
-                why: format!(
-                    "field 'format' is '{}', expected '{NEURONS_FORMAT}'",
-                    set.format
-                ),
+                why: format!("field 'format' is '{}', expected '{NEURONS_FORMAT}'", set.format),
             });
         }
         for (weight, l) in &set.layers {
@@ -71,16 +53,9 @@ impl NeuronSet {
                 let why = if w[0] == w[1] {
                     format!("row {} is listed twice; rows must be unique", w[0])
                 } else {
-                    format!(
-                        "rows must be sorted ascending: {} comes before {}",
-                        w[0], w[1]
-                    )
+                    format!("rows must be sorted ascending: {} comes before {}", w[0], w[1])
                 };
-                return Err(NeuronError::Layer {
-                    file,
-                    weight: weight.clone(),
-                    why,
-                });
+                return Err(NeuronError::Layer { file, weight: weight.clone(), why });
             }
         }
         Ok(set)
@@ -96,18 +71,10 @@ impl NeuronSet {
     /// the one that indexes its neurons, every row is in range.
     pub fn check(&self, file: &str, layers: &[Layer]) -> Result<(), NeuronError> {
         for (weight, sel) in &self.layers {
-            let err = |why: String| NeuronError::Layer {
-                file: file.into(),
-                weight: weight.clone(),
-                why,
-            };
+            let err = |why: String| NeuronError::Layer { file: file.into(), weight: weight.clone(), why };
             let Some(layer) = layers.iter().find(|l| &l.weight == weight) else {
                 let known: Vec<&str> = layers.iter().take(8).map(|l| l.weight.as_str()).collect();
-                let more = if layers.len() > 8 {
-                    format!(", and {} more", layers.len() - 8)
-                } else {
-                    String::new()
-                };
+                let more = if layers.len() > 8 { format!(", and {} more", layers.len() - 8) } else { String::new() };
                 return Err(err(format!(
                     "no trainable layer uses this weight (the model's layers are: {}{more}; see `neft inspect`)",
                     known.join(", ")
