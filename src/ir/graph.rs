@@ -500,6 +500,24 @@ impl Graph {
         Ok(())
     }
 
+    /// Removes initializers nothing reads (graph outputs count as readers).
+    pub fn eliminate_dead_initializers(&mut self) -> usize {
+        let outputs: HashSet<String> = self.outputs.iter().map(|o| o.name().to_string()).collect();
+        let dead: Vec<NodeIndex> = self
+            .initializers
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.g.edges_directed(i, Direction::Outgoing).next().is_none()
+                    && !self.defined_names(i).iter().any(|n| outputs.contains(n))
+            })
+            .collect();
+        for &i in &dead {
+            self.detach(i);
+        }
+        dead.len()
+    }
+
     /// Removes ops and initializers that no graph output depends on. Graph inputs stay
     /// (they are the model's interface). Returns how many nodes were removed.
     pub fn eliminate_dead(&mut self) -> usize {

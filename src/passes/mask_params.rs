@@ -35,8 +35,9 @@ pub fn mask_params(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> 
                 ),
             ));
         }
-        out.push(promote(graph, weight, &layer.shape, layer.axis, &sel.rows)?);
-        if let Some(b) = &layer.bias {
+        out.push(promote(graph, weight, &layer.shape, sel.axis, &sel.rows)?);
+        // Bias elements belong to output neurons, not to input units.
+        if let Some(b) = layer.bias.as_ref().filter(|_| sel.axis == layer.axis) {
             out.push(promote(graph, b, &[layer.neurons as i64], 0, &sel.rows)?);
         }
     }

@@ -49,13 +49,19 @@ pub fn split_rows(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> R
             .iter()
             .find(|l| &l.weight == weight)
             .ok_or_else(|| refuse(PASS, format!("'{weight}' is not a trainable layer")))?;
-        out.extend(split_layer(graph, layer, &sel.rows)?);
+        if sel.axis != layer.axis {
+            out.push(split_input_rows(graph, layer, &sel.rows)?);
+        } else {
+            out.extend(split_layer(graph, layer, &sel.rows)?);
+        }
     }
     graph.set_pass(None);
     Ok(out)
 }
 
-fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<Trainable>, PassError> {
+/// Checks that the weight can be split: an initializer, FLOAT, read only as the weight
+/// input of MatMul/Gemm/Conv nodes, which it returns.
+fn splittable_uses(graph: &Graph, layer: &Layer) -> Result<Vec<NodeIndex>, PassError> {
     let w = &layer.weight;
     if layer.source != WeightSource::Initializer {
         return Err(refuse(
@@ -77,6 +83,12 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
             return Err(refuse(PASS, format!("weight '{w}' is also read by {} (input {slot:?}); only MatMul/Gemm/Conv weight inputs can be split", graph.describe(*node))));
         }
     }
+    Ok(users.into_iter().map(|(n, _)| n).collect())
+}
+
+fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<Trainable>, PassError> {
+    let w = &layer.weight;
+    let users = splittable_uses(graph, layer)?;
     let k = rows.len() as i64;
     let mut shape = layer.shape.clone();
     shape[layer.axis] = k;
@@ -109,7 +121,7 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
         None => None,
     };
     let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    for (node, _) in users {
+    for node in users {
         rewrite_use(graph, node, layer, &rows_name, bias_rows.as_deref(), &selected)?;
     }
     // A MatMul's bias lives in the Add after it: scatter the trainable elements in.
@@ -131,6 +143,33 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
         }
     }
     Ok(params)
+}
+
+/// Rows of a MatMul weight `W [in, out]` along its input axis (the down projection's
+/// part of a gated-MLP unit): `Y' = X·W + Gather(X, S)·(W.rows − Gather(W, S))`. The
+/// correction is exactly zero until the rows move, and `dW.rows = Gather(X, S)ᵀ · dY`
+/// costs k/in of a full weight gradient.
+fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Trainable, PassError> {
+    let w = layer.weight.clone();
+    let users = splittable_uses(graph, layer)?;
+    let mut shape = layer.shape.clone();
+    shape[0] = rows.len() as i64;
+    let rows_name = format!("{w}.rows");
+    let dims: Vec<DimSpec> = shape.iter().map(|&d| d.into()).collect();
+    graph.add_input(make::value_info(&rows_name, DataType::Float, &dims))?;
+    let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let idx = graph.const_i64s(&format!("{w}.selected"), &selected);
+    let frozen = graph.add1("Gather", &[&w, &idx], vec![attr::int("axis", 0)], &format!("{w}.frozen_rows"))?;
+    let change = graph.add1("Sub", &[&rows_name, &frozen], vec![], &format!("{w}.change"))?;
+    for node in users {
+        let proto = graph.op(node).cloned().expect("a layer use is an op");
+        let (x, y) = (proto.input[0].clone(), proto.output[0].clone());
+        let xs = graph.add1("Gather", &[&x, &idx], vec![attr::int("axis", -1)], &format!("{x}.selected"))?;
+        let delta = graph.add1("MatMul", &[&xs, &change], vec![], &format!("{y}.delta"))?;
+        let merged = graph.add1("Add", &[&y, &delta], vec![], &format!("{y}.merged"))?;
+        graph.replace_uses(&y, &merged, &[])?;
+    }
+    Ok(Trainable { name: rows_name, shape, source: w, axis: 0, rows: rows.to_vec(), mask: None })
 }
 
 /// `Y = op(X, W, ...)` becomes `ScatterElements(Y, S, op(X, W.rows, ...), axis=neurons)`.

@@ -80,20 +80,46 @@ impl NeuronSet {
                     known.join(", ")
                 )));
             };
-            if sel.axis != layer.axis {
+            // A MatMul weight [in, out] also has input units along axis 0: the down
+            // projection's share of a gated-MLP unit.
+            let input_units = layer.kind == crate::analyze::LayerKind::MatMul && sel.axis == 0;
+            if sel.axis != layer.axis && !input_units {
                 return Err(err(format!(
                     "axis {} given, but the neurons of this {:?} weight {:?} lie along axis {}",
                     sel.axis, layer.kind, layer.shape, layer.axis
                 )));
             }
-            if let Some(&bad) = sel.rows.iter().find(|&&r| r >= layer.neurons) {
+            let size = layer.shape[sel.axis].max(0) as usize;
+            if let Some(&bad) = sel.rows.iter().find(|&&r| r >= size) {
                 return Err(err(format!(
-                    "row {bad} is out of range: the layer has {} neurons (0..{})",
-                    layer.neurons, layer.neurons
+                    "row {bad} is out of range: axis {} of {:?} has {size} rows (0..{size})",
+                    sel.axis, layer.shape
                 )));
             }
         }
         Ok(())
+    }
+
+    /// The paper's unit: in every gated MLP, a unit selected in any of gate, up or down
+    /// is selected in all three (columns of gate and up, rows of down).
+    pub fn expand_mlp_units(&self, mlps: &[crate::analyze::MlpUnits]) -> NeuronSet {
+        let mut out = self.clone();
+        for m in mlps {
+            let mut units: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+            for (w, axis) in m.gate.iter().map(|g| (g, 1)).chain([(&m.up, 1), (&m.down, 0)]) {
+                if let Some(sel) = self.layers.get(w).filter(|s| s.axis == axis) {
+                    units.extend(sel.rows.iter().copied());
+                }
+            }
+            if units.is_empty() {
+                continue;
+            }
+            let rows: Vec<usize> = units.into_iter().collect();
+            for (w, axis) in m.gate.iter().map(|g| (g, 1)).chain([(&m.up, 1), (&m.down, 0)]) {
+                out.layers.insert(w.clone(), LayerNeurons { axis, rows: rows.clone() });
+            }
+        }
+        out
     }
 
     /// Number of selected neurons over all layers.
