@@ -3,6 +3,8 @@
 
 pub mod analyze;
 pub mod artifact;
+pub mod cli;
+pub mod compile;
 pub mod fsutil;
 pub mod inspect;
 pub mod ir;
@@ -11,3 +13,5 @@ pub mod optim;
 pub mod passes;
 pub mod runtime;
 pub mod select;
+pub mod train;
+pub mod autodiff;

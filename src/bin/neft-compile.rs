@@ -1,14 +1,22 @@
-//! `neft-compile`: rewrites a model for neuron-level training (see DESIGN in README.md).
-//! The rewrite passes are not built yet; until they are, this says so and exits 1
-//! rather than pretending to work.
+//! `neft-compile`: the same as `neft compile`.
 
+use clap::Parser;
 use std::process::ExitCode;
 
+#[derive(Parser)]
+#[command(name = "neft-compile", version, about = "Rewrite an ONNX model for neuron-level fine-tuning")]
+struct Cli {
+    #[command(flatten)]
+    args: neft::cli::CompileArgs,
+}
+
 fn main() -> ExitCode {
-    if std::env::args().any(|a| a == "--version" || a == "-V") {
-        println!("neft-compile {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    let cli = Cli::parse();
+    match neft::cli::run_compile(&cli.args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    eprintln!("error: neft-compile is not available yet in this version: the rewrite passes are still being built");
-    ExitCode::FAILURE
 }

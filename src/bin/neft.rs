@@ -16,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Rewrite a model for neuron-level training: loss, split rows (or masks), backward
+    /// pass and optimizer, written as an artifact folder for `neft train` (same as `neft-compile`).
+    Compile(neft::cli::CompileArgs),
     /// Show what a model is: format, inputs and outputs, op mix, parameters, and the
     /// trainable layers (MatMul, Gemm, Conv with an initializer weight) with their neurons.
     Inspect {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Compile(args) => neft::cli::run_compile(&args),
         Command::Inspect { model, json, check, ep } => {
             let m = onnx::load(&model)?;
             let graph =

@@ -52,14 +52,6 @@ impl Graph {
         Ok(self.add_node(op_type, inputs, 1, attributes, hint)?.remove(0))
     }
 
-    /// Adds an initializer whose name came from [`Graph::fresh_name`].
-    pub fn add_initializer_reserved(&mut self, tensor: crate::onnx::proto::TensorProto) -> Result<(), IrError> {
-        if !self.taken.contains(tensor.name()) || self.producer(tensor.name()).is_some() {
-            return Err(IrError::Misuse(format!("'{}' was not reserved with fresh_name", tensor.name())));
-        }
-        self.push_initializer(tensor)
-    }
-
     /// A new scalar FLOAT initializer.
     pub fn const_f32(&mut self, hint: &str, value: f32) -> TensorName {
         let name = self.fresh_name(hint);

@@ -493,8 +493,10 @@ impl Graph {
         self.g.remove_node(idx);
     }
 
+    /// A new value may take `name` if no value has it yet (a name reserved with
+    /// `fresh_name` is free until something defines it).
     fn ensure_free(&self, name: &str) -> Result<(), IrError> {
-        if name.is_empty() || self.taken.contains(name) {
+        if name.is_empty() || self.producer.contains_key(name) || self.initializer_index.contains_key(name) {
             return Err(IrError::Misuse(format!("name '{name}' is empty or already used in the graph")));
         }
         Ok(())

@@ -53,7 +53,8 @@ pub struct OptimizerIo {
     pub step: String,
     pub step_out: String,
     pub grad_norm: String,
-    /// (input, output) pairs: every parameter and state tensor and its updated value.
+    /// (input, output) pairs: every parameter, state tensor and the step counter, with
+    /// its updated value.
     pub updates: Vec<(String, String)>,
 }
 
@@ -112,7 +113,9 @@ pub fn append(graph: &mut Graph, params: &[Param], opt: Optimizer, clip: Option<
             updates.push(expose(graph, &state, &new_state, &p.shape)?);
         }
     }
-    let step_name = expose(graph, "step", &step_out, &[])?.1;
+    let step_update = expose(graph, "step", &step_out, &[])?;
+    let step_name = step_update.1.clone();
+    updates.push(step_update);
     graph.add_output(make::value_info(&grad_norm, DataType::Float, &[]))?;
     graph.set_pass(None);
     Ok(OptimizerIo { lr: "lr".into(), step: "step".into(), step_out: step_name, grad_norm, updates })

@@ -54,14 +54,51 @@ fn promote(graph: &mut Graph, name: &str, shape: &[i64], axis: usize, rows: &[us
             format!("'{name}' is {}; only FLOAT weights can be trained", crate::onnx::dtype_name(t.data_type())),
         ));
     }
+    add_mask(graph, name, shape, axis, rows)
+}
+
+/// For a graph that already has gradients: the weight `name` (an initializer, made an
+/// input, or already an input with a static shape) gets a mask along `axis`.
+pub fn promote_with_mask(graph: &mut Graph, name: &str, axis: usize, rows: &[usize]) -> Result<Trainable, PassError> {
+    graph.set_pass(Some(PASS));
+    let result = match graph.initializer(name).map(|t| t.dims.clone()) {
+        Some(dims) => promote(graph, name, &dims, axis, rows),
+        None => {
+            let declared = graph.inputs().find(|i| i.name() == name).and_then(make::declared);
+            let dims: Option<Vec<i64>> = declared.and_then(|(_, shape)| {
+                shape?.iter().map(|d| if let make::DimSpec::Fixed(n) = d { Some(*n) } else { None }).collect()
+            });
+            match dims {
+                Some(dims) => add_mask(graph, name, &dims, axis, rows),
+                None => Err(refuse(
+                    PASS,
+                    format!("'{name}' is neither an initializer nor a graph input with a static shape"),
+                )),
+            }
+        }
+    };
+    graph.set_pass(None);
+    result
+}
+
+fn add_mask(graph: &mut Graph, name: &str, shape: &[i64], axis: usize, rows: &[usize]) -> Result<Trainable, PassError> {
+    let Some(&size) = shape.get(axis) else {
+        return Err(refuse(PASS, format!("'{name}' of shape {shape:?} has no axis {axis}")));
+    };
+    if let Some(bad) = rows.iter().find(|&&r| r as i64 >= size) {
+        return Err(refuse(
+            PASS,
+            format!("'{name}': row {bad} is out of range: axis {axis} of {shape:?} has {size} rows"),
+        ));
+    }
     let mut mask_shape = vec![1i64; shape.len()];
-    mask_shape[axis] = shape[axis];
-    let mut bits = vec![0u8; shape[axis] as usize];
+    mask_shape[axis] = size;
+    let mut bits = vec![0u8; size as usize];
     for &r in rows {
         bits[r] = 1;
     }
     let mask = graph.fresh_name(&format!("{name}.mask"));
-    graph.add_initializer_reserved(make::tensor_raw(&mask, DataType::Bool, &mask_shape, bits))?;
+    graph.add_initializer(make::tensor_raw(&mask, DataType::Bool, &mask_shape, bits))?;
     Ok(Trainable {
         name: name.to_string(),
         shape: shape.to_vec(),

@@ -1,0 +1,155 @@
+//! Matrix products. `Y = A·B` gives `dA = dY·Bᵀ`, `dB = Aᵀ·dY`, written as one
+//! `Einsum` each (no `Transpose`; batch dimensions that `A` and `B` do not share are
+//! summed inside it) or a `Gemm` with transpose flags for 2-D operands.
+
+use super::{Ctx, Grads, Rule, R};
+use crate::autodiff::emit::G;
+use crate::autodiff::facts::dims_equal;
+use crate::ir::attr;
+use crate::runtime::tract::Dim;
+
+pub(super) const RULES: &[(&str, Rule)] = &[("MatMul", matmul), ("Gemm", gemm), ("Einsum", einsum)];
+
+const BATCH_LETTERS: &str = "abcdefghijopqrstuvw";
+
+/// Einsum subscripts of A, B and Y for `MatMul(A, B)`, when no batch dimension is
+/// broadcast (size 1 against a larger one), which Einsum cannot express.
+fn subscripts(a: &[Dim], b: &[Dim]) -> Option<(String, String, String)> {
+    let (ba, bb) = (a.len().saturating_sub(2), b.len().saturating_sub(2));
+    let nb = ba.max(bb);
+    let letters: Vec<char> = BATCH_LETTERS.chars().take(nb).collect();
+    if letters.len() < nb {
+        return None;
+    }
+    for i in 0..nb {
+        let da = (i >= nb - ba).then(|| &a[i - (nb - ba)]);
+        let db = (i >= nb - bb).then(|| &b[i - (nb - bb)]);
+        if let (Some(x), Some(y)) = (da, db) {
+            if dims_equal(x, y) != Some(true) {
+                return None;
+            }
+        }
+    }
+    let batch = |n: usize| letters[nb - n..].iter().collect::<String>();
+    let m = if a.len() >= 2 { "m" } else { "" };
+    let n = if b.len() >= 2 { "n" } else { "" };
+    Some((format!("{}{m}k", batch(ba)), format!("{}k{n}", batch(bb)), format!("{}{m}{n}", batch(nb))))
+}
+
+/// dA = dY·Bᵀ, dB = Aᵀ·dY
+fn matmul(c: &mut Ctx) -> R<Grads> {
+    let (a, b, y) = (c.x(0), c.x(1), c.y(0));
+    let (sha, shb) = (c.shape(&a), c.shape(&b));
+    let (Some(sha), Some(shb)) = (sha, shb) else {
+        return Err(c.unsupported("operands of unknown rank"));
+    };
+    let g = c.dy_exact(0)?;
+    let with = |name: String| G { name, scale: g.scale, bshape: None };
+    if sha.len() == 1 && shb.len() == 1 {
+        let da = c.when(0, |c| c.combine("Mul", &g, &b, 0))?;
+        let db = c.when(1, |c| c.combine("Mul", &g, &a, 1))?;
+        return Ok(vec![da, db]);
+    }
+    if sha.len() == 2 && shb.len() == 2 {
+        let gemm = |c: &mut Ctx, p: &str, q: &str, ta: i64, tb: i64| {
+            c.op("Gemm", &[p, q], vec![attr::int("transA", ta), attr::int("transB", tb)])
+        };
+        let da = c.when(0, |c| Ok(with(gemm(c, &g.name, &b, 0, 1)?)))?;
+        let db = c.when(1, |c| Ok(with(gemm(c, &a, &g.name, 1, 0)?)))?;
+        return Ok(vec![da, db]);
+    }
+    if let Some((sa, sb, sy)) = subscripts(&sha, &shb) {
+        let einsum = |c: &mut Ctx, p: &str, q: &str, eq: String| c.op("Einsum", &[p, q], vec![attr::string("equation", &eq)]);
+        let da = c.when(0, |c| Ok(with(einsum(c, &g.name, &b, format!("{sy},{sb}->{sa}"))?)))?;
+        let db = c.when(1, |c| Ok(with(einsum(c, &a, &g.name, format!("{sa},{sy}->{sb}"))?)))?;
+        return Ok(vec![da, db]);
+    }
+    // Broadcast batch dimensions: batched products, then sum over the broadcast axes.
+    let swap = |r: usize| -> Vec<i64> {
+        let mut p: Vec<i64> = (0..r as i64).collect();
+        p.swap(r - 1, r - 2);
+        p
+    };
+    let batch_y = c.shape(&y).map(|s| s[..s.len() - 2].to_vec());
+    let da = c.when(0, |c| {
+        let bt = c.transpose(&b, &swap(shb.len()))?;
+        let p = c.op("MatMul", &[&g.name, &bt], vec![])?;
+        let dims = batch_y.clone().map(|mut d| {
+            d.extend_from_slice(&sha[sha.len() - 2..]);
+            d
+        });
+        c.note_shape(&p, &y, dims.clone());
+        c.fit(&p, dims, g.scale, &a)
+    })?;
+    let db = c.when(1, |c| {
+        let at = c.transpose(&a, &swap(sha.len()))?;
+        let p = c.op("MatMul", &[&at, &g.name], vec![])?;
+        let dims = batch_y.clone().map(|mut d| {
+            d.extend_from_slice(&shb[shb.len() - 2..]);
+            d
+        });
+        c.note_shape(&p, &y, dims.clone());
+        c.fit(&p, dims, g.scale, &b)
+    })?;
+    Ok(vec![da, db])
+}
+
+/// Y = alpha·A'·B' + beta·C with A' = A or Aᵀ (transA), B' = B or Bᵀ (transB):
+/// dA' = dY·B'ᵀ, dB' = A'ᵀ·dY, dC = beta·dY summed to C's shape.
+fn gemm(c: &mut Ctx) -> R<Grads> {
+    let (a, b) = (c.x(0), c.x(1));
+    let (alpha, beta) = (c.attr_float("alpha", 1.0), c.attr_float("beta", 1.0));
+    let (ta, tb) = (c.attr_int("transA", 0), c.attr_int("transB", 0));
+    let g = c.dy_exact(0)?;
+    let gemm = |c: &mut Ctx, p: &str, q: &str, ta: i64, tb: i64| -> R<G> {
+        let name = c.op("Gemm", &[p, q], vec![attr::int("transA", ta), attr::int("transB", tb)])?;
+        Ok(G { name, scale: g.scale * alpha, bshape: None })
+    };
+    let da = c.when(0, |c| if ta == 0 { gemm(c, &g.name, &b, 0, 1 - tb) } else { gemm(c, &b, &g.name, tb, 1) })?;
+    let db = c.when(1, |c| if tb == 0 { gemm(c, &a, &g.name, 1 - ta, 0) } else { gemm(c, &g.name, &a, 1, ta) })?;
+    let dc = c.pass(2, &g.clone().scaled(beta))?;
+    Ok(vec![da, db, dc])
+}
+
+/// dXᵢ = Einsum(dY and the other operands → Xᵢ's subscripts). Needs explicit
+/// letters (no `...`), no letter repeated within an operand, and every letter of
+/// Xᵢ present in the output or another operand.
+fn einsum(c: &mut Ctx) -> R<Grads> {
+    let eq: String = c.attr_str("equation", "").chars().filter(|ch| !ch.is_whitespace()).collect();
+    let (lhs, out) = match eq.split_once("->") {
+        Some((l, o)) => (l.to_string(), o.to_string()),
+        None => {
+            let mut once: Vec<char> = eq.chars().filter(|ch| ch.is_alphabetic()).collect();
+            once.sort_unstable();
+            let implicit = once.iter().filter(|ch| eq.matches(**ch).count() == 1).collect();
+            (eq.clone(), implicit)
+        }
+    };
+    let subs: Vec<String> = lhs.split(',').map(str::to_string).collect();
+    if eq.contains('.') || subs.iter().chain([&out]).any(|s| has_repeat(s)) {
+        return Err(c.unsupported(format!("equation '{eq}' (ellipsis or a repeated index)")));
+    }
+    let g = c.dy_exact(0)?;
+    (0..subs.len())
+        .map(|i| {
+            c.when(i, |c| {
+                let others: Vec<usize> = (0..subs.len()).filter(|&j| j != i).collect();
+                let available: String = others.iter().map(|&j| subs[j].as_str()).chain([out.as_str()]).collect();
+                if let Some(ch) = subs[i].chars().find(|ch| !available.contains(*ch)) {
+                    return Err(c.unsupported(format!("equation '{eq}': index '{ch}' of operand {i} appears nowhere else")));
+                }
+                let mut ins = vec![g.name.clone()];
+                ins.extend(others.iter().map(|&j| c.x(j)));
+                let terms: Vec<&str> = [out.as_str()].into_iter().chain(others.iter().map(|&j| subs[j].as_str())).collect();
+                let equation = format!("{}->{}", terms.join(","), subs[i]);
+                let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
+                let name = c.op("Einsum", &refs, vec![attr::string("equation", &equation)])?;
+                Ok(G { name, scale: g.scale, bshape: None })
+            })
+        })
+        .collect()
+}
+
+fn has_repeat(s: &str) -> bool {
+    s.chars().enumerate().any(|(i, ch)| s[i + 1..].contains(ch))
+}

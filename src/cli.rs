@@ -1,0 +1,95 @@
+//! Command-line pieces shared by the `neft` and `neft-compile` binaries.
+
+use crate::compile::{compile, CompileOptions, Mode, Unit};
+use crate::optim::Optimizer;
+use crate::passes::append_loss::LossSpec;
+use crate::select::NeuronSet;
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+
+/// Options of `neft compile` / `neft-compile`.
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// The model to rewrite (.onnx; external data are read from its folder).
+    pub model: PathBuf,
+    /// Output folder for the artifacts (replaced if it holds earlier artifacts).
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// The neurons to train, as written by `neft select` (format in README.md).
+    #[arg(long)]
+    pub neurons: PathBuf,
+    /// split: only selected rows are parameters; mask: whole weights with 0/1 masks (the
+    /// paper's way); full: whole weights of the listed layers, rows ignored (baseline).
+    #[arg(long, default_value = "split")]
+    pub mode: Mode,
+    /// neuron: each row on its own; mlp-unit: a gated-MLP unit selects its gate and up
+    /// columns and its down row together (the paper's choice).
+    #[arg(long, default_value = "neuron")]
+    pub unit: Unit,
+    /// auto: a scalar output named like a loss, else causal-LM cross-entropy on `logits`;
+    /// causal-lm; or the name of a scalar output.
+    #[arg(long, default_value = "auto")]
+    pub loss: LossSpec,
+    /// adamw or sgd.
+    #[arg(long, default_value = "adamw", value_parser = ["adamw", "sgd"])]
+    pub optimizer: String,
+    /// Learning rate recorded as the default for `neft train`.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f32,
+    /// Weight decay (decoupled for AdamW, added to the gradient for SGD).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f32,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub clip: Option<f32>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
+    let model = crate::onnx::load(&args.model)?;
+    let neurons = NeuronSet::load(&args.neurons)?;
+    let optimizer = match args.optimizer.as_str() {
+        "sgd" => Optimizer::Sgd { momentum: args.momentum, weight_decay: args.weight_decay },
+        _ => Optimizer::adamw(args.weight_decay),
+    };
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        anyhow::bail!("--lr must be a positive number, got {}", args.lr);
+    }
+    let opts = CompileOptions {
+        mode: args.mode,
+        unit: args.unit,
+        loss: args.loss.clone(),
+        optimizer,
+        lr: args.lr,
+        clip: args.clip,
+    };
+    let t0 = std::time::Instant::now();
+    let plan =
+        compile(&model, &neurons, &opts, &args.out).with_context(|| format!("compiling {}", args.model.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    let c = &plan.counts;
+    println!("wrote {} in {:.1} s", args.out.display(), t0.elapsed().as_secs_f64());
+    println!("  mode {}, loss {} ({}), optimizer {:?}", plan.mode, plan.loss.loss, plan.loss.kind, plan.optimizer);
+    println!(
+        "  neurons {} of {} ({:.2}%), trainable parameters {} of {} ({:.2}%)",
+        c.neurons_selected,
+        c.neurons_total,
+        100.0 * c.neurons_selected as f64 / c.neurons_total.max(1) as f64,
+        c.trainable_params,
+        c.model_params,
+        100.0 * c.trainable_params as f64 / c.model_params.max(1) as f64
+    );
+    println!("  optimizer state {}", crate::inspect::human_bytes(c.optimizer_state_bytes));
+    println!("  nodes: train step {}, eval {}", c.train_nodes, c.eval_nodes);
+    println!("  data inputs: {}", plan.data_inputs.join(", "));
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Running compiled artifacts: one optimizer step or one evaluation per call.
+
+mod session;
+
+pub use session::{StepOutput, TrainSession};
