@@ -4,7 +4,6 @@ use crate::compile::{compile, CompileOptions, Mode, Unit};
 use crate::optim::Optimizer;
 use crate::passes::append_loss::LossSpec;
 use crate::select::NeuronSet;
-use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -70,15 +69,14 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
         clip: args.clip,
     };
     let t0 = std::time::Instant::now();
-    let plan =
-        compile(&model, &neurons, &opts, &args.out).with_context(|| format!("compiling {}", args.model.display()))?;
+    let plan = compile(&model, &neurons, &opts, &args.out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());
     }
     let c = &plan.counts;
     println!("wrote {} in {:.1} s", args.out.display(), t0.elapsed().as_secs_f64());
-    println!("  mode {}, loss {} ({}), optimizer {:?}", plan.mode, plan.loss.loss, plan.loss.kind, plan.optimizer);
+    println!("  mode {}, loss '{}' ({}), optimizer {}", plan.mode, plan.loss.loss, plan.loss.kind, plan.optimizer);
     println!(
         "  neurons {} of {} ({:.2}%), trainable parameters {} of {} ({:.2}%)",
         c.neurons_selected,

@@ -20,6 +20,19 @@ pub enum Optimizer {
     Sgd { momentum: f32, weight_decay: f32 },
 }
 
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+                write!(f, "AdamW (betas {beta1}, {beta2}, eps {eps:e}, weight decay {weight_decay})")
+            }
+            Optimizer::Sgd { momentum, weight_decay } => {
+                write!(f, "SGD (momentum {momentum}, weight decay {weight_decay})")
+            }
+        }
+    }
+}
+
 impl Optimizer {
     pub fn adamw(weight_decay: f32) -> Self {
         Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }

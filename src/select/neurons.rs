@@ -19,6 +19,9 @@ pub struct LayerNeurons {
 pub struct NeuronSet {
     pub format: String,
     pub layers: BTreeMap<String, LayerNeurons>,
+    /// The file it was read from, for messages.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,15 +36,16 @@ pub enum NeuronError {
 
 impl NeuronSet {
     pub fn new() -> Self {
-        NeuronSet { format: NEURONS_FORMAT.into(), layers: BTreeMap::new() }
+        NeuronSet { format: NEURONS_FORMAT.into(), layers: BTreeMap::new(), origin: String::new() }
     }
 
     /// Reads and checks the file's own structure (format tag, sorted unique rows).
     pub fn load(path: &Path) -> Result<NeuronSet, NeuronError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| NeuronError::Io { file: file.clone(), source })?;
-        let set: NeuronSet =
+        let mut set: NeuronSet =
             serde_json::from_str(&text).map_err(|e| NeuronError::Parse { file: file.clone(), why: e.to_string() })?;
+        set.origin = file.clone();
         if set.format != NEURONS_FORMAT {
             return Err(NeuronError::Parse {
                 file,
@@ -67,16 +71,17 @@ impl NeuronSet {
         crate::fsutil::write_bytes_atomic(path, text.as_bytes())
     }
 
-    /// Checks every entry against the model's layers: the weight exists, the axis is
+    /// Checks every entry against the layers of `model`: the weight exists, the axis is
     /// the one that indexes its neurons, every row is in range.
-    pub fn check(&self, file: &str, layers: &[Layer]) -> Result<(), NeuronError> {
+    pub fn check(&self, model: &str, layers: &[Layer]) -> Result<(), NeuronError> {
+        let file = if self.origin.is_empty() { "neurons" } else { &self.origin };
         for (weight, sel) in &self.layers {
             let err = |why: String| NeuronError::Layer { file: file.into(), weight: weight.clone(), why };
             let Some(layer) = layers.iter().find(|l| &l.weight == weight) else {
                 let known: Vec<&str> = layers.iter().take(8).map(|l| l.weight.as_str()).collect();
                 let more = if layers.len() > 8 { format!(", and {} more", layers.len() - 8) } else { String::new() };
                 return Err(err(format!(
-                    "no trainable layer uses this weight (the model's layers are: {}{more}; see `neft inspect`)",
+                    "no trainable layer of {model} uses this weight (its layers are: {}{more}; see `neft inspect`)",
                     known.join(", ")
                 )));
             };

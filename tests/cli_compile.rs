@@ -1,0 +1,145 @@
+//! `neft compile` as users run it: bad neuron files, atomic output, and mask mode on a
+//! graph that already computes gradients.
+
+use neft::artifact::Plan;
+use neft::runtime::ort::{HostTensor, SessionOptions};
+use neft::train::TrainSession;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn neft(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_neft")).args(args).current_dir(dir).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn bad_neuron_files_get_clear_errors_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = repo("models/fixtures/tiny_llama.onnx");
+    let mlp = repo("models/fixtures/mlp_loss.onnx");
+    let cases: &[(&Path, &str, &[&str])] = &[
+        (
+            &llama,
+            r#"{"format":"neft.neurons/1","layers":{"nope":{"axis":1,"rows":[0]}}}"#,
+            &["n.json", "'nope'", "no trainable layer", "val_109"],
+        ),
+        (
+            &llama,
+            r#"{"format":"neft.neurons/1","layers":{"val_242":{"axis":1,"rows":[0,64]}}}"#,
+            &["n.json", "'val_242'", "row 64 is out of range", "64 rows"],
+        ),
+        (
+            &llama,
+            r#"{"format":"neft.neurons/1","layers":{"val_242":{"axis":1,"rows":[3,3]}}}"#,
+            &["n.json", "'val_242'", "row 3 is listed twice"],
+        ),
+        (&llama, r#"{"format":"neft.neurons/1","layers":{"val_242":{"axis":1,"rows":[5,3]}}}"#, &["n.json", "sorted"]),
+        (
+            &mlp,
+            r#"{"format":"neft.neurons/1","layers":{"fc1.weight":{"axis":1,"rows":[3]}}}"#,
+            &["n.json", "'fc1.weight'", "axis 1 given", "along axis 0"],
+        ),
+        (&mlp, r#"{"format":"neft.neurons/2","layers":{}}"#, &["n.json", "neft.neurons/1"]),
+        (&mlp, r#"{"layers":{}}"#, &["n.json", "format"]),
+        (&mlp, r#"{"format":"neft.neurons/1","layers":{}}"#, &["selects no neuron"]),
+        (&mlp, "not json", &["n.json", "not a neurons file"]),
+    ];
+    for (model, text, want) in cases {
+        std::fs::write(dir.path().join("n.json"), text).unwrap();
+        let out = neft(&["compile", model.to_str().unwrap(), "-o", "out", "--neurons", "n.json"], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = stderr(&out);
+        for w in *want {
+            assert!(err.contains(w), "for {text}: {err:?} should mention {w:?}");
+        }
+        assert!(!dir.path().join("out").exists(), "a failed compile left an output folder");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, ["n.json"], "temporary files left behind");
+    }
+}
+
+#[test]
+fn a_folder_that_is_not_an_artifact_folder_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    std::fs::write(dir.path().join("out/precious.txt"), "keep me").unwrap();
+    std::fs::write(
+        dir.path().join("n.json"),
+        r#"{"format":"neft.neurons/1","layers":{"fc1.weight":{"axis":0,"rows":[1,2]}}}"#,
+    )
+    .unwrap();
+    let model = repo("models/fixtures/mlp_loss.onnx");
+    let out = neft(&["compile", model.to_str().unwrap(), "-o", "out", "--neurons", "n.json"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("refusing to overwrite"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/precious.txt")).unwrap(), "keep me");
+    // An earlier artifact folder is replaced whole.
+    let ok = neft(&["compile", model.to_str().unwrap(), "-o", "art", "--neurons", "n.json"], dir.path());
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let again =
+        neft(&["compile", model.to_str().unwrap(), "-o", "art", "--neurons", "n.json", "--mode", "mask"], dir.path());
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(Plan::load(&dir.path().join("art/plan.json")).unwrap().mode, "mask");
+}
+
+#[test]
+fn mask_mode_on_a_graph_with_gradient_outputs_inserts_masks_without_autodiff() {
+    // A training graph that already computes weight gradients: the MLP with its
+    // PyTorch-exported loss, differentiated and saved.
+    let dir = tempfile::tempdir().unwrap();
+    let model = neft::onnx::load(repo("models/fixtures/mlp_loss.onnx")).unwrap();
+    let weights = ["fc1.weight".to_string(), "fc2.weight".to_string()];
+    let (with_grads, _) = neft::autodiff::grad_model(&model, "loss", &weights).unwrap();
+    let train_graph = dir.path().join("training.onnx");
+    neft::onnx::save(&with_grads, &train_graph).unwrap();
+    std::fs::write(
+        dir.path().join("n.json"),
+        r#"{"format":"neft.neurons/1","layers":{"fc1.weight":{"axis":0,"rows":[0,5,9]},"fc2.weight":{"axis":0,"rows":[2]}}}"#,
+    )
+    .unwrap();
+    let split = neft(&["compile", "training.onnx", "-o", "out", "--neurons", "n.json"], dir.path());
+    assert_eq!(split.status.code(), Some(1));
+    assert!(stderr(&split).contains("--mode mask"), "{}", stderr(&split));
+    let out = neft(
+        &["compile", "training.onnx", "-o", "out", "--neurons", "n.json", "--mode", "mask", "--weight-decay", "0.5"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = Plan::load(&dir.path().join("out/plan.json")).unwrap();
+    assert_eq!(plan.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), weights);
+    // No second backward pass: the train step holds as many Gemm nodes as the
+    // training graph it came from.
+    let count = |path: &Path, op: &str| {
+        neft::onnx::load(path).unwrap().graph().node.iter().filter(|n| n.op_type() == op).count()
+    };
+    assert_eq!(count(&dir.path().join("out/train_step.onnx"), "Gemm"), count(&train_graph, "Gemm"));
+
+    let mut session =
+        TrainSession::open(&dir.path().join("out"), &SessionOptions { threads: Some(1), ..Default::default() })
+            .unwrap();
+    let original = session.state.clone();
+    let x: Vec<f32> = (0..4 * 16).map(|k| ((k * 7) % 11) as f32 * 0.1 - 0.5).collect();
+    let batch = [("x", HostTensor::f32(&[4, 16], x)), ("target", HostTensor::i64(&[4], vec![1, 3, 5, 7]))];
+    let first = session.step(&batch, 0.05).unwrap().loss;
+    for _ in 0..9 {
+        session.step(&batch, 0.05).unwrap();
+    }
+    let last = session.eval(&batch).unwrap();
+    assert!(last < first, "loss should fall: {first} -> {last}");
+    let f32s = |s: &neft::artifact::State, n: &str| match &s.tensors[n] {
+        neft::artifact::StateTensor::F32 { data, .. } => data.clone(),
+        _ => unreachable!(),
+    };
+    let (before, after) = (f32s(&original, "fc1.weight"), f32s(&session.state, "fc1.weight"));
+    for row in 0..32 {
+        let same = (0..16).all(|c| before[row * 16 + c].to_bits() == after[row * 16 + c].to_bits());
+        assert_eq!(same, ![0, 5, 9].contains(&row), "fc1.weight row {row}");
+    }
+}
