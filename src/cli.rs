@@ -91,3 +91,43 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
     println!("  data inputs: {}", plan.data_inputs.join(", "));
     Ok(())
 }
+
+/// Options of `neft build-model`.
+#[derive(Debug, Args)]
+pub struct BuildModelArgs {
+    /// The architecture; only `llama` (Llama, SmolLM2, Mistral-style decoders) for now.
+    #[arg(value_parser = ["llama"])]
+    pub arch: String,
+    /// Output folder: model.onnx, model.onnx.data, config.json.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// A HuggingFace checkpoint folder: config.json and *.safetensors.
+    #[arg(long, conflicts_with = "config")]
+    pub safetensors: Option<PathBuf>,
+    /// A HuggingFace config.json alone: random weights (for tests and benchmarks).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Seed of the random weights (with --config).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run_build_model(args: &BuildModelArgs) -> anyhow::Result<()> {
+    use crate::models::llama::{build_llama, LlamaConfig, RandomWeights};
+    let t0 = std::time::Instant::now();
+    let path = match (&args.safetensors, &args.config) {
+        (Some(dir), _) => {
+            let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+            let mut weights = crate::models::weights::SafetensorsWeights::open(dir)?;
+            build_llama(&cfg, &mut weights, &args.out)?
+        }
+        (None, Some(config)) => {
+            build_llama(&LlamaConfig::from_file(config)?, &mut RandomWeights::new(args.seed), &args.out)?
+        }
+        (None, None) => {
+            anyhow::bail!("give the weights: --safetensors DIR, or --config CONFIG.json for random weights")
+        }
+    };
+    println!("wrote {} in {:.1} s", path.display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}

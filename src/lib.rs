@@ -8,6 +8,8 @@ pub mod compile;
 pub mod fsutil;
 pub mod inspect;
 pub mod ir;
+#[path = "../models/mod.rs"]
+pub mod models;
 pub mod onnx;
 pub mod optim;
 pub mod passes;

@@ -19,6 +19,8 @@ enum Command {
     /// Rewrite a model for neuron-level training: loss, split rows (or masks), backward
     /// pass and optimizer, written as an artifact folder for `neft train` (same as `neft-compile`).
     Compile(neft::cli::CompileArgs),
+    /// Write an ONNX model from a checkpoint (or a config and random weights).
+    BuildModel(neft::cli::BuildModelArgs),
     /// Show what a model is: format, inputs and outputs, op mix, parameters, and the
     /// trainable layers (MatMul, Gemm, Conv with an initializer weight) with their neurons.
     Inspect {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Compile(args) => neft::cli::run_compile(&args),
+        Command::BuildModel(args) => neft::cli::run_build_model(&args),
         Command::Inspect { model, json, check, ep } => {
             let m = onnx::load(&model)?;
             let graph =

@@ -198,14 +198,15 @@ pub fn render_text(s: &ModelSummary) -> String {
     let t = &s.trainable;
     let _ = writeln!(o, "\ntrainable layers: {} with {} neurons, {} parameters", t.layers, t.neurons, t.params);
     if !s.layers.is_empty() {
+        let rw = s.layers.iter().map(|l| l.role.len()).max().unwrap_or(0).max(4);
+        let ww = s.layers.iter().map(|l| l.weight.len()).max().unwrap_or(0).max(6);
         let _ = writeln!(
             o,
-            "  {:<22} {:<28} {:<7} {:<18} {:>4} {:>8} {:>10}  node",
+            "  {:<rw$} {:<ww$} {:<7} {:<18} {:>4} {:>8} {:>10}  node",
             "role", "weight", "kind", "shape", "axis", "neurons", "params"
         );
         for l in &s.layers {
             let shape: Vec<String> = l.shape.iter().map(|d| d.to_string()).collect();
-            let kind = format!("{:?}", l.kind);
             let mut extra = String::new();
             if let Some(b) = &l.bias {
                 let _ = write!(extra, " +bias {b}");
@@ -215,10 +216,10 @@ pub fn render_text(s: &ModelSummary) -> String {
             }
             let _ = writeln!(
                 o,
-                "  {:<22} {:<28} {:<7} {:<18} {:>4} {:>8} {:>10}  {}{}",
+                "  {:<rw$} {:<ww$} {:<7} {:<18} {:>4} {:>8} {:>10}  {}{}",
                 l.role,
                 l.weight,
-                kind,
+                format!("{:?}", l.kind),
                 format!("[{}]", shape.join(", ")),
                 l.axis,
                 l.neurons,

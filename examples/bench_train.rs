@@ -1,0 +1,266 @@
+//! Training cost side by side: full fine-tuning, the paper's dense masks, and split
+//! rows at several fractions of MLP units, on one model and batch, ONNX Runtime CPU.
+//!
+//! ```text
+//! cargo run --release --example bench_train -- [--layers 4] [--hidden 256] [--ffn 688]
+//!     [--vocab 2048] [--batch 4] [--seq 128] [--steps 10] [--warmup 3] [--json OUT.json]
+//! ```
+//! The model is a random-weight Llama built by `neft::models::llama`. Each
+//! configuration trains in its own child process, so its peak resident memory
+//! (VmHWM) is its own; step times are medians after warm-up.
+
+use neft::compile::{compile, CompileOptions, Mode, Unit};
+use neft::models::llama::{build_llama, LlamaConfig, RandomWeights};
+use neft::optim::Optimizer;
+use neft::passes::append_loss::LossSpec;
+use neft::runtime::ort::{HostTensor, SessionOptions};
+use neft::select::{LayerNeurons, NeuronSet};
+use neft::train::TrainSession;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+struct Args {
+    layers: usize,
+    hidden: usize,
+    ffn: usize,
+    vocab: usize,
+    batch: usize,
+    seq: usize,
+    steps: usize,
+    warmup: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse() -> Args {
+    let mut a =
+        Args { layers: 4, hidden: 256, ffn: 688, vocab: 2048, batch: 4, seq: 128, steps: 10, warmup: 3, json: None };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i + 1 < argv.len() {
+        let v = &argv[i + 1];
+        let n = || v.parse::<usize>().unwrap_or_else(|_| panic!("{} needs a number", argv[i]));
+        match argv[i].as_str() {
+            "--layers" => a.layers = n(),
+            "--hidden" => a.hidden = n(),
+            "--ffn" => a.ffn = n(),
+            "--vocab" => a.vocab = n(),
+            "--batch" => a.batch = n(),
+            "--seq" => a.seq = n(),
+            "--steps" => a.steps = n(),
+            "--warmup" => a.warmup = n(),
+            "--json" => a.json = Some(PathBuf::from(v)),
+            other => panic!("unknown option {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// One row of the table.
+struct Config {
+    name: String,
+    mode: Mode,
+    unit: Unit,
+    neurons: NeuronSet,
+}
+
+fn configs(model: &neft::onnx::Model) -> Vec<Config> {
+    let graph = neft::ir::Graph::from_proto(model.graph()).unwrap();
+    let layers = neft::analyze::find_layers(&graph);
+    let structure = neft::analyze::analyze_structure(&graph, &layers);
+    let whole = |pred: &dyn Fn(&neft::analyze::Layer) -> bool| {
+        let mut s = NeuronSet::new();
+        for l in layers.iter().filter(|l| pred(l)) {
+            s.layers.insert(l.weight.clone(), LayerNeurons { axis: l.axis, rows: vec![0] });
+        }
+        s
+    };
+    let units = |fraction: f64| {
+        let mut s = NeuronSet::new();
+        for m in &structure.mlps {
+            let k = ((m.units as f64 * fraction).round() as usize).max(1);
+            // Evenly spread units: selection strategy is not what this measures.
+            let rows: Vec<usize> = (0..k).map(|i| i * m.units / k).collect();
+            s.layers.insert(m.up.clone(), LayerNeurons { axis: 1, rows });
+        }
+        s
+    };
+    let mlp = |l: &neft::analyze::Layer| l.role.contains("mlp.");
+    let mut out = vec![
+        Config { name: "full (all layers)".into(), mode: Mode::Full, unit: Unit::Neuron, neurons: whole(&|_| true) },
+        Config { name: "full (MLP)".into(), mode: Mode::Full, unit: Unit::Neuron, neurons: whole(&mlp) },
+        Config { name: "mask 6% (paper)".into(), mode: Mode::Mask, unit: Unit::MlpUnit, neurons: units(0.06) },
+    ];
+    for f in [0.01, 0.03, 0.06, 0.12, 0.25] {
+        out.push(Config {
+            name: format!("split {}%", (f * 100.0) as usize),
+            mode: Mode::Split,
+            unit: Unit::MlpUnit,
+            neurons: units(f),
+        });
+    }
+    out
+}
+
+fn batch(a: &Args, seed: u64) -> Vec<(&'static str, HostTensor)> {
+    let mut s = seed.wrapping_add(1);
+    let ids: Vec<i64> = (0..a.batch * a.seq)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % a.vocab as u64) as i64
+        })
+        .collect();
+    vec![
+        ("input_ids", HostTensor::i64(&[a.batch, a.seq], ids.clone())),
+        ("labels", HostTensor::i64(&[a.batch, a.seq], ids)),
+    ]
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Child: train the artifacts in `dir`, print `step_ms...;peak_mb`.
+fn child(dir: &Path, a: &Args) {
+    let mut s = TrainSession::open(dir, &SessionOptions::default()).unwrap();
+    let mut times = vec![];
+    for k in 0..a.warmup + a.steps {
+        let b = batch(a, k as u64);
+        let t = Instant::now();
+        let out = s.step(&b, 1e-4).unwrap();
+        assert!(out.loss.is_finite());
+        if k >= a.warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let list: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
+    println!("{};{:.1}", list.join(","), peak_rss_mb());
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--child") {
+        let a = parse_child(&argv[3..]);
+        return child(Path::new(&argv[2]), &a);
+    }
+    let a = parse();
+    let root = tempfile::tempdir().unwrap();
+    let cfg = LlamaConfig {
+        vocab_size: a.vocab,
+        hidden_size: a.hidden,
+        intermediate_size: a.ffn,
+        num_hidden_layers: a.layers,
+        num_attention_heads: (a.hidden / 64).max(1),
+        num_key_value_heads: (a.hidden / 64 / 2).max(1),
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let model_path = build_llama(&cfg, &mut RandomWeights::new(1), &root.path().join("model")).unwrap();
+    let model = neft::onnx::load(&model_path).unwrap();
+    let params: u64 = model.graph().initializer.iter().map(|t| neft::onnx::element_count(&t.dims)).sum();
+    eprintln!(
+        "model: Llama {} layers, hidden {}, ffn {}, vocab {} ({:.1}M parameters); batch {} x seq {}; {} steps after {} warm-up",
+        a.layers, a.hidden, a.ffn, a.vocab, params as f64 / 1e6, a.batch, a.seq, a.steps, a.warmup
+    );
+    let mut rows = vec![];
+    for (i, c) in configs(&model).into_iter().enumerate() {
+        let dir = root.path().join(format!("c{i}"));
+        let opts = CompileOptions {
+            mode: c.mode,
+            unit: c.unit,
+            loss: LossSpec::Auto,
+            optimizer: Optimizer::adamw(0.0),
+            lr: 1e-4,
+            clip: None,
+        };
+        let t = Instant::now();
+        let plan = compile(&model, &c.neurons, &opts, &dir).unwrap();
+        let compile_s = t.elapsed().as_secs_f64();
+        let out = std::process::Command::new(&argv[0])
+            .args(["--child", dir.to_str().unwrap()])
+            .args(child_args(&a))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {}", c.name, String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (times, peak) = text.trim().split_once(';').unwrap();
+        let mut times: Vec<f64> = times.split(',').map(|t| t.parse().unwrap()).collect();
+        let row = serde_json::json!({
+            "config": c.name,
+            "trainable_params": plan.counts.trainable_params,
+            "optimizer_state_bytes": plan.counts.optimizer_state_bytes,
+            "train_nodes": plan.counts.train_nodes,
+            "compile_s": compile_s,
+            "step_ms_median": median(&mut times),
+            "step_ms_min": times[0],
+            "peak_rss_mb": peak.parse::<f64>().unwrap(),
+        });
+        eprintln!("  {}: {:.1} ms/step", c.name, row["step_ms_median"].as_f64().unwrap());
+        rows.push(row);
+    }
+    let full = rows[0]["step_ms_median"].as_f64().unwrap();
+    let full_state = rows[0]["optimizer_state_bytes"].as_f64().unwrap();
+    let full_mem = rows[0]["peak_rss_mb"].as_f64().unwrap();
+    println!("| configuration | trainable params | optimizer state | step (ms, median) | vs full | peak RSS (MB) | vs full | train-step nodes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let (step, state, mem) = (
+            r["step_ms_median"].as_f64().unwrap(),
+            r["optimizer_state_bytes"].as_f64().unwrap(),
+            r["peak_rss_mb"].as_f64().unwrap(),
+        );
+        println!(
+            "| {} | {} | {} ({:.1}%) | {:.1} | {:.2}x | {:.0} | {:.2}x | {} |",
+            r["config"].as_str().unwrap(),
+            r["trainable_params"],
+            neft::inspect::human_bytes(state as u64),
+            100.0 * state / full_state,
+            step,
+            step / full,
+            mem,
+            mem / full_mem,
+            r["train_nodes"]
+        );
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows).unwrap()).unwrap();
+    }
+}
+
+fn child_args(a: &Args) -> Vec<String> {
+    [("--batch", a.batch), ("--seq", a.seq), ("--steps", a.steps), ("--warmup", a.warmup), ("--vocab", a.vocab)]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .collect()
+}
+
+fn parse_child(rest: &[String]) -> Args {
+    let mut a = Args { layers: 0, hidden: 0, ffn: 0, vocab: 0, batch: 0, seq: 0, steps: 0, warmup: 0, json: None };
+    for pair in rest.chunks(2) {
+        let v: usize = pair[1].parse().unwrap();
+        match pair[0].as_str() {
+            "--batch" => a.batch = v,
+            "--seq" => a.seq = v,
+            "--steps" => a.steps = v,
+            "--warmup" => a.warmup = v,
+            "--vocab" => a.vocab = v,
+            _ => {}
+        }
+    }
+    a
+}
