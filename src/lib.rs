@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod artifact;
 pub mod cli;
 pub mod compile;
+pub mod data;
 pub mod fsutil;
 pub mod inspect;
 pub mod ir;

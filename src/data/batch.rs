@@ -1,0 +1,84 @@
+use super::Tokenized;
+use crate::passes::append_loss::IGNORE_INDEX;
+use crate::runtime::ort::HostTensor;
+
+/// One batch, padded on the right to its longest example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub input_ids: HostTensor,
+    pub labels: HostTensor,
+    /// Label positions that count in the loss (after the causal shift).
+    pub tokens: usize,
+}
+
+impl Batch {
+    pub fn new(examples: &[&Tokenized], pad: i64) -> Batch {
+        let len = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(1).max(1);
+        let mut ids = Vec::with_capacity(examples.len() * len);
+        let mut labels = Vec::with_capacity(examples.len() * len);
+        let mut tokens = 0;
+        for e in examples {
+            let n = e.input_ids.len();
+            ids.extend(e.input_ids.iter().copied().chain(std::iter::repeat(pad).take(len - n)));
+            labels.extend(e.labels.iter().copied().chain(std::iter::repeat(IGNORE_INDEX).take(len - n)));
+            tokens += e.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count();
+        }
+        let shape = [examples.len(), len];
+        Batch { input_ids: HostTensor::i64(&shape, ids), labels: HostTensor::i64(&shape, labels), tokens }
+    }
+
+    /// The named inputs a causal-LM artifact takes.
+    pub fn feed(&self) -> Vec<(&'static str, HostTensor)> {
+        vec![("input_ids", self.input_ids.clone()), ("labels", self.labels.clone())]
+    }
+}
+
+/// Epochs of shuffled batches; the order depends only on the seed and the epoch.
+pub struct Batcher<'a> {
+    examples: &'a [Tokenized],
+    batch: usize,
+    pad: i64,
+    seed: u64,
+    order: Vec<usize>,
+    next: usize,
+    pub epoch: usize,
+}
+
+impl<'a> Batcher<'a> {
+    pub fn new(examples: &'a [Tokenized], batch: usize, pad: i64, seed: u64) -> Self {
+        let mut b = Batcher { examples, batch: batch.max(1), pad, seed, order: vec![], next: 0, epoch: 0 };
+        b.shuffle();
+        b
+    }
+
+    /// Jumps to where the batcher is after `steps` batches (for resuming).
+    pub fn skip(&mut self, steps: usize) {
+        for _ in 0..steps {
+            self.next_batch();
+        }
+    }
+
+    fn shuffle(&mut self) {
+        self.order = (0..self.examples.len()).collect();
+        let mut s = self.seed ^ (self.epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d;
+        for i in (1..self.order.len()).rev() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            self.order.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        self.next = 0;
+    }
+
+    /// The next batch; a new epoch starts (reshuffled) when the data run out.
+    pub fn next_batch(&mut self) -> Batch {
+        if self.next >= self.order.len() {
+            self.epoch += 1;
+            self.shuffle();
+        }
+        let end = (self.next + self.batch).min(self.order.len());
+        let picked: Vec<&Tokenized> = self.order[self.next..end].iter().map(|&i| &self.examples[i]).collect();
+        self.next = end;
+        Batch::new(&picked, self.pad)
+    }
+}

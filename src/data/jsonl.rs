@@ -1,0 +1,115 @@
+use super::Encode;
+use crate::passes::append_loss::IGNORE_INDEX;
+use serde::Deserialize;
+use std::io::BufRead;
+use std::path::Path;
+
+/// One line of a data file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Example {
+    Text(String),
+    PromptCompletion { prompt: String, completion: String },
+    Tokens { input_ids: Vec<i64>, labels: Option<Vec<i64>> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{file}: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error("{file}:{line}: {why}")]
+    Line { file: String, line: usize, why: String },
+    #[error("{file}: no examples (the file is empty)")]
+    Empty { file: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    text: Option<String>,
+    prompt: Option<String>,
+    completion: Option<String>,
+    input_ids: Option<Vec<i64>>,
+    labels: Option<Vec<i64>>,
+}
+
+/// Reads every line; the first bad line stops everything, naming file and line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, DataError> {
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|source| DataError::Io { file: file.clone(), source })?;
+    let mut out = vec![];
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|source| DataError::Io { file: file.clone(), source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| DataError::Line { file: file.clone(), line: i + 1, why };
+        let raw: Raw =
+            serde_json::from_str(&line).map_err(|e| bad(format!("not a JSON object of a known shape: {e}")))?;
+        out.push(match raw {
+            Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None } => Example::Text(t),
+            Raw { text: None, prompt: Some(prompt), completion: Some(completion), input_ids: None, labels: None } => {
+                Example::PromptCompletion { prompt, completion }
+            }
+            Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels } => {
+                if ids.is_empty() {
+                    return Err(bad("\"input_ids\" is empty".into()));
+                }
+                if let Some(l) = &labels {
+                    if l.len() != ids.len() {
+                        return Err(bad(format!("\"labels\" has {} entries, \"input_ids\" {}", l.len(), ids.len())));
+                    }
+                }
+                Example::Tokens { input_ids: ids, labels }
+            }
+            _ => {
+                return Err(bad(
+                    "expected {\"text\"}, {\"prompt\",\"completion\"} or {\"input_ids\"[,\"labels\"]}".into()
+                ))
+            }
+        });
+    }
+    if out.is_empty() {
+        return Err(DataError::Empty { file });
+    }
+    Ok(out)
+}
+
+/// Token ids and the labels the loss sees (-100: not counted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokenized {
+    pub input_ids: Vec<i64>,
+    pub labels: Vec<i64>,
+}
+
+/// Encodes examples, truncating to `seq_len` tokens. Prompts get label -100; texts and
+/// completions are followed by the encoder's end-of-sequence token.
+pub fn tokenize(examples: &[Example], enc: Option<&dyn Encode>, seq_len: usize) -> anyhow::Result<Vec<Tokenized>> {
+    let need = || enc.ok_or_else(|| anyhow::anyhow!("text examples need a tokenizer (--tokenizer tokenizer.json)"));
+    examples
+        .iter()
+        .map(|ex| {
+            let (mut ids, mut labels) = match ex {
+                Example::Text(t) => {
+                    let e = need()?;
+                    let mut ids = e.encode(t)?;
+                    ids.extend(e.eos());
+                    (ids.clone(), ids)
+                }
+                Example::PromptCompletion { prompt, completion } => {
+                    let e = need()?;
+                    let p = e.encode(prompt)?;
+                    let mut c = e.encode(completion)?;
+                    c.extend(e.eos());
+                    let labels = std::iter::repeat(IGNORE_INDEX).take(p.len()).chain(c.iter().copied()).collect();
+                    (p.into_iter().chain(c).collect(), labels)
+                }
+                Example::Tokens { input_ids, labels } => {
+                    (input_ids.clone(), labels.clone().unwrap_or_else(|| input_ids.clone()))
+                }
+            };
+            ids.truncate(seq_len);
+            labels.truncate(seq_len);
+            Ok(Tokenized { input_ids: ids, labels })
+        })
+        .collect()
+}
