@@ -83,6 +83,35 @@ impl LlamaConfig {
 /// Where weights come from: values for a HF weight name in PyTorch layout.
 pub trait WeightSource {
     fn weight(&mut self, name: &str, shape: &[usize]) -> anyhow::Result<Vec<f32>>;
+
+    /// True for a source with no values: the builder then writes every weight as a
+    /// hole in a sparse data file (zeros that take no disk), to measure the compiler
+    /// on model shapes too large to hold.
+    fn placeholder(&self) -> bool {
+        false
+    }
+}
+
+/// No values at all: every weight is zeros in a sparse file (see [`WeightSource::placeholder`]).
+pub struct PlaceholderWeights;
+
+impl WeightSource for PlaceholderWeights {
+    fn weight(&mut self, name: &str, _shape: &[usize]) -> anyhow::Result<Vec<f32>> {
+        anyhow::bail!("placeholder weights have no values (asked for '{name}')")
+    }
+
+    fn placeholder(&self) -> bool {
+        true
+    }
+}
+
+/// The weight's values, or `None` for a placeholder source.
+fn fetch(weights: &mut dyn WeightSource, name: &str, shape: &[usize]) -> anyhow::Result<Option<Vec<f32>>> {
+    if weights.placeholder() {
+        Ok(None)
+    } else {
+        weights.weight(name, shape).map(Some)
+    }
 }
 
 /// Seeded random weights (normal, std 0.02; norms start at 1): for tests and benchmarks.
@@ -128,8 +157,8 @@ pub fn build_llama(cfg: &LlamaConfig, weights: &mut dyn WeightSource, dir: &Path
     let (h, f, v) = (cfg.hidden_size as i64, cfg.intermediate_size as i64, cfg.vocab_size as i64);
     let (nh, nkv, hd) = (cfg.num_attention_heads as i64, cfg.num_key_value_heads as i64, cfg.head_dim() as i64);
 
-    let embed = weights.weight("model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
-    b.weight("model.embed_tokens.weight", &[v, h], &embed)?;
+    let embed = fetch(weights, "model.embed_tokens.weight", &[cfg.vocab_size, cfg.hidden_size])?;
+    b.weight("model.embed_tokens.weight", &[v, h], embed.as_deref())?;
     let mut x = b.node("Gather", &["model.embed_tokens.weight", "input_ids"], vec![attr::int("axis", 0)]);
 
     // Positions 0..seq, rotary tables [seq, head_dim] and the causal mask [seq, seq].
@@ -192,12 +221,12 @@ pub fn build_llama(cfg: &LlamaConfig, weights: &mut dyn WeightSource, dir: &Path
     let xn = rms_norm(&mut b, weights, &x, "model.norm.weight", h, cfg.rms_norm_eps)?;
     // The output projection: the embedding transposed (tied), or lm_head.
     let head = if cfg.tie_word_embeddings {
-        transpose(&embed, v as usize, h as usize)
+        embed
     } else {
-        let w = weights.weight("lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?;
-        transpose(&w, v as usize, h as usize)
+        fetch(weights, "lm_head.weight", &[cfg.vocab_size, cfg.hidden_size])?
     };
-    b.weight("lm_head.weight.T", &[h, v], &head)?;
+    let head_t = head.map(|w| transpose(&w, v as usize, h as usize));
+    b.weight("lm_head.weight.T", &[h, v], head_t.as_deref())?;
     let logits = b.node("MatMul", &[&xn, "lm_head.weight.T"], vec![]);
     b.nodes.push(make::node("Identity", &[&logits], &["logits"], vec![]));
 
@@ -236,11 +265,16 @@ impl Builder {
         out
     }
 
-    /// A weight, written to the external data file right away.
-    fn weight(&mut self, name: &str, dims: &[i64], data: &[f32]) -> anyhow::Result<()> {
+    /// A weight, written to the external data file right away (`None`: a hole of zeros).
+    fn weight(&mut self, name: &str, dims: &[i64], data: Option<&[f32]>) -> anyhow::Result<()> {
         let mut t = make::tensor_f32(name, dims, &[]);
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.writer.write(&mut t, &bytes)?;
+        match data {
+            Some(data) => {
+                let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                self.writer.write(&mut t, &bytes)?;
+            }
+            None => self.writer.write_zeros(&mut t, dims.iter().product::<i64>() as u64 * 4)?,
+        }
         self.inits.push(t);
         Ok(())
     }
@@ -272,9 +306,9 @@ fn linear(
     inp: i64,
     out: i64,
 ) -> anyhow::Result<String> {
-    let w = weights.weight(name, &[out as usize, inp as usize])?;
+    let w = fetch(weights, name, &[out as usize, inp as usize])?;
     let stored = format!("{name}.T");
-    b.weight(&stored, &[inp, out], &transpose(&w, out as usize, inp as usize))?;
+    b.weight(&stored, &[inp, out], w.map(|w| transpose(&w, out as usize, inp as usize)).as_deref())?;
     Ok(b.node("MatMul", &[x, &stored], vec![]))
 }
 
@@ -297,8 +331,8 @@ fn rms_norm(
     h: i64,
     eps: f32,
 ) -> anyhow::Result<String> {
-    let w = weights.weight(name, &[h as usize])?;
-    b.weight(name, &[h], &w)?;
+    let w = fetch(weights, name, &[h as usize])?;
+    b.weight(name, &[h], w.as_deref())?;
     let two = b.constant(&format!("{name}.two"), &[], &[2.0])?;
     let eps = b.constant(&format!("{name}.eps"), &[], &[eps])?;
     let last = b.ints("last_axis", &[-1]);

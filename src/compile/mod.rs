@@ -330,9 +330,10 @@ fn initial_state(
     let mut state = State::default();
     for p in params {
         let src = inits.get(p.source.as_str()).with_context(|| format!("initializer '{}' not found", p.source))?;
-        let full = model.tensor_f32(src)?;
-        let whole = p.name == p.source;
-        let data = if whole { full } else { take_rows(&full, &src.dims, p.axis, &p.rows) };
+        // Only the selected rows are decoded: the rest of a frozen weight is never held
+        // in memory.
+        let data =
+            if p.name == p.source { model.tensor_f32(src)? } else { model.tensor_rows_f32(src, p.axis, &p.rows)? };
         let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
         for suffix in opt.state_suffixes() {
             state.tensors.insert(

@@ -119,6 +119,26 @@ impl ExternalData {
         Ok(file.slice(r.offset as usize..end as usize))
     }
 
+    /// `len` bytes of the tensor's data from byte `start`, read with a positioned read
+    /// rather than through the map, so reading part of a huge weight leaves no mapped
+    /// pages behind.
+    pub(crate) fn read_range(
+        &self,
+        tensor: &TensorProto,
+        path: &Path,
+        start: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, OnnxError> {
+        use std::os::unix::fs::FileExt;
+        let r = parse_ref(tensor, path)?;
+        self.read(tensor, path)?; // checks location and bounds once more
+        let full = self.resolve(tensor, &r.location, path)?;
+        let file = File::open(&full).map_err(|e| OnnxError::io(&full, e))?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, r.offset + start).map_err(|e| OnnxError::io(&full, e))?;
+        Ok(buf)
+    }
+
     fn map(&self, tensor: &TensorProto, location: &str, path: &Path) -> Result<Bytes, OnnxError> {
         let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = maps.get(location) {
@@ -191,17 +211,37 @@ impl ExternalWriter {
     /// Appends `data` (the tensor's little-endian bytes) and makes `tensor` refer to it.
     /// Offsets are aligned to 4096 bytes for large tensors so runtimes can map them.
     pub fn write(&mut self, tensor: &mut TensorProto, data: &[u8]) -> Result<(), OnnxError> {
-        let align = if data.len() >= 1 << 20 { 4096 } else { 64 };
+        self.align(data.len() as u64)?;
+        self.out.write_all(data).map_err(|e| OnnxError::io(&self.tmp, e))?;
+        self.point(tensor, data.len() as u64);
+        Ok(())
+    }
+
+    /// Like `write` with `len` zero bytes, left as a hole: a sparse file takes no disk
+    /// for them (used to build huge placeholder models).
+    pub fn write_zeros(&mut self, tensor: &mut TensorProto, len: u64) -> Result<(), OnnxError> {
+        use std::io::Seek;
+        self.align(len)?;
+        self.out.seek(std::io::SeekFrom::Current(len as i64)).map_err(|e| OnnxError::io(&self.tmp, e))?;
+        self.point(tensor, len);
+        Ok(())
+    }
+
+    fn align(&mut self, len: u64) -> Result<(), OnnxError> {
+        let align = if len >= 1 << 20 { 4096 } else { 64 };
         let pad = (align - self.offset % align) % align;
-        let io_err = |e| OnnxError::io(&self.tmp, e);
-        self.out.write_all(&vec![0u8; pad as usize]).map_err(io_err)?;
+        self.out.write_all(&vec![0u8; pad as usize]).map_err(|e| OnnxError::io(&self.tmp, e))?;
         self.offset += pad;
-        self.out.write_all(data).map_err(io_err)?;
+        Ok(())
+    }
+
+    /// Makes `tensor` refer to the `len` bytes at the current offset, then moves past them.
+    fn point(&mut self, tensor: &mut TensorProto, len: u64) {
         let entry = |k: &str, v: String| StringStringEntryProto { key: Some(k.into()), value: Some(v) };
         tensor.external_data = vec![
             entry("location", self.location.clone()),
             entry("offset", self.offset.to_string()),
-            entry("length", data.len().to_string()),
+            entry("length", len.to_string()),
         ];
         tensor.set_data_location(DataLocation::External);
         tensor.raw_data = None;
@@ -210,14 +250,15 @@ impl ExternalWriter {
         tensor.int32_data.clear();
         tensor.int64_data.clear();
         tensor.uint64_data.clear();
-        self.offset += data.len() as u64;
-        Ok(())
+        self.offset += len;
     }
 
     /// Flushes, syncs and renames the file into place.
     pub fn finish(mut self) -> Result<(), OnnxError> {
         let result = (|| {
             self.out.flush()?;
+            // A trailing hole is only part of the file once the length says so.
+            self.out.get_ref().set_len(self.offset)?;
             self.out.get_ref().sync_all()?;
             std::fs::rename(&self.tmp, &self.path)
         })();

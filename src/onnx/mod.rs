@@ -56,6 +56,46 @@ impl Model {
         tensor::tensor_bytes(tensor, &self.external, &self.path)
     }
 
+    /// The FLOAT tensor's slices `rows` along `axis`, decoding only those: external
+    /// data are read slab by slab with positioned reads, never mapped whole.
+    pub fn tensor_rows_f32(
+        &self,
+        tensor: &proto::TensorProto,
+        axis: usize,
+        rows: &[usize],
+    ) -> Result<Vec<f32>, OnnxError> {
+        let dims = &tensor.dims;
+        let bad =
+            |why: String| OnnxError::TensorData { path: self.display_path(), tensor: tensor.name().to_string(), why };
+        if tensor.data_type() != DataType::Float as i32 || axis >= dims.len() {
+            return Err(bad(format!(
+                "cannot take rows along axis {axis} of a {} tensor {dims:?}",
+                dtype_name(tensor.data_type())
+            )));
+        }
+        let n = dims[axis].max(0) as usize;
+        if let Some(r) = rows.iter().find(|&&r| r >= n) {
+            return Err(bad(format!("row {r} is out of range (axis {axis} has {n})")));
+        }
+        let outer = element_count(&dims[..axis]) as usize;
+        let inner = element_count(&dims[axis + 1..]) as usize;
+        let external = tensor.data_location() == proto::tensor_proto::DataLocation::External;
+        let inline = if external { None } else { Some(self.tensor_bytes(tensor)?) };
+        let slab = n * inner * 4;
+        let mut out = Vec::with_capacity(outer * rows.len() * inner);
+        for o in 0..outer {
+            let bytes = match &inline {
+                Some(b) => b.slice(o * slab..(o + 1) * slab).to_vec(),
+                None => self.external.read_range(tensor, &self.path, (o * slab) as u64, slab)?,
+            };
+            for &r in rows {
+                let chunk = &bytes[r * inner * 4..(r + 1) * inner * 4];
+                out.extend(chunk.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            }
+        }
+        Ok(out)
+    }
+
     /// The tensor's values as f32 (for FLOAT tensors; other float types are converted).
     pub fn tensor_f32(&self, tensor: &proto::TensorProto) -> Result<Vec<f32>, OnnxError> {
         let bytes = self.tensor_bytes(tensor)?;
