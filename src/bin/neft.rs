@@ -23,8 +23,10 @@ enum Command {
     BuildModel(neft::cli::BuildModelArgs),
     /// Show what a model is: format, inputs and outputs, op mix, parameters, and the
     /// trainable layers (MatMul, Gemm, Conv with an initializer weight) with their neurons.
+    /// Given an artifact folder from `neft compile`: what was compiled, the trainable
+    /// neurons per layer, sizes before and after, and what each pass added.
     Inspect {
-        /// The .onnx file (external data are read from its folder).
+        /// The .onnx file (external data are read from its folder), or an artifact folder.
         model: PathBuf,
         /// Print JSON instead of text (fields documented in README.md).
         #[arg(long)]
@@ -54,6 +56,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Compile(args) => neft::cli::run_compile(&args),
         Command::BuildModel(args) => neft::cli::run_build_model(&args),
+        Command::Inspect { model, json, .. } if model.is_dir() => {
+            let summary = inspect::summarize_artifacts(&model)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", inspect::render_artifacts(&summary));
+            }
+            Ok(())
+        }
         Command::Inspect { model, json, check, ep } => {
             let m = onnx::load(&model)?;
             let graph =

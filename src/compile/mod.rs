@@ -113,11 +113,21 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
     if existing.is_some() && opts.mode != Mode::Mask {
         bail!("{label}: the graph already computes the gradients of the selected weights; compile it with --mode mask");
     }
-    let Built { train, eval, params, loss, io, train_opset } = match existing {
+    let Built { train, eval, mut params, loss, io, train_opset } = match existing {
         Some(grads) => masks_on_gradients(&graph, neurons, &grads, opts, opset)?,
         None => build(model, graph, &layers, neurons, opts)?,
     };
-    let state = initial_state(model, &graph_initializers(model), &params, &opts.optimizer)?;
+    let inits = graph_initializers(model);
+    for p in &mut params {
+        p.source_rows =
+            inits.get(p.source.as_str()).and_then(|t| t.dims.get(p.axis)).copied().unwrap_or(0).max(0) as usize;
+        p.role = match layers.iter().find(|l| l.weight == p.source || l.bias.as_deref() == Some(p.source.as_str())) {
+            Some(l) if l.weight == p.source => l.role.clone(),
+            Some(l) => format!("{} (bias)", l.role),
+            None => String::new(),
+        };
+    }
+    let state = initial_state(model, &inits, &params, &opts.optimizer)?;
     let counts = counts(model, &layers, &params, &state, neurons, &train, &eval);
     let mut full_inputs = data_inputs.clone();
     full_inputs.extend(loss.labels.iter().cloned());

@@ -4,8 +4,10 @@
 //! In: a loaded [`Model`]. Out: a [`ModelSummary`] (serializable; the JSON fields are
 //! documented in README.md) and its text rendering.
 
+mod artifact;
 mod check;
 
+pub use artifact::{render_artifacts, summarize_artifacts, ArtifactSummary};
 pub use check::{check_runtime, synthetic_inputs, RuntimeCheck};
 
 use crate::analyze::{find_layers, Layer};

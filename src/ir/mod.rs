@@ -13,7 +13,7 @@ mod scope;
 mod topo;
 
 pub use build::attr;
-pub use graph::{Graph, IrError, Node, Wire};
+pub use graph::{Graph, IrError, Node, Wire, PASS_KEY};
 
 pub use petgraph::stable_graph::NodeIndex;
 

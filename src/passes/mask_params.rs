@@ -106,5 +106,7 @@ fn add_mask(graph: &mut Graph, name: &str, shape: &[i64], axis: usize, rows: &[u
         axis,
         rows: rows.to_vec(),
         mask: Some(mask),
+        role: String::new(),
+        source_rows: 0,
     })
 }

@@ -33,6 +33,12 @@ pub struct Trainable {
     /// Mask mode: the BOOL initializer marking trainable elements; the parameter is
     /// then the whole source tensor.
     pub mask: Option<String>,
+    /// The source layer's structural label (`block 3 / mlp.up`), for reports.
+    #[serde(default)]
+    pub role: String,
+    /// Rows of the source along `axis` (selected or not), for reports.
+    #[serde(default)]
+    pub source_rows: usize,
 }
 
 const PASS: &str = "split_rows";
@@ -102,6 +108,8 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
         axis: layer.axis,
         rows: rows.to_vec(),
         mask: None,
+        role: String::new(),
+        source_rows: 0,
     }];
 
     let bias_rows = match &layer.bias {
@@ -115,6 +123,8 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
                 axis: 0,
                 rows: rows.to_vec(),
                 mask: None,
+                role: String::new(),
+                source_rows: 0,
             });
             Some(name)
         }
@@ -169,7 +179,16 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
         let merged = graph.add1("Add", &[&y, &delta], vec![], &format!("{y}.merged"))?;
         graph.replace_uses(&y, &merged, &[])?;
     }
-    Ok(Trainable { name: rows_name, shape, source: w, axis: 0, rows: rows.to_vec(), mask: None })
+    Ok(Trainable {
+        name: rows_name,
+        shape,
+        source: w,
+        axis: 0,
+        rows: rows.to_vec(),
+        mask: None,
+        role: String::new(),
+        source_rows: 0,
+    })
 }
 
 /// `Y = op(X, W, ...)` becomes `ScatterElements(Y, S, op(X, W.rows, ...), axis=neurons)`.
