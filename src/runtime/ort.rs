@@ -288,6 +288,11 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
     if let Some(n) = opts.threads {
         b = b.with_intra_threads(n).map_err(|e| session_err(e.to_string()))?;
     }
+    // NEFT_ORT_PROFILE=PREFIX: ONNX Runtime writes a per-node timing profile
+    // (PREFIX_<date>.json) when the session ends; for finding where time goes.
+    if let Some(prefix) = std::env::var_os("NEFT_ORT_PROFILE") {
+        b = b.with_profiling(prefix).map_err(|e| session_err(e.to_string()))?;
+    }
     if let Ep::Cuda { device } = opts.ep {
         let cuda = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
         b = b
