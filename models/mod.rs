@@ -1,5 +1,7 @@
 //! Model builders: graphs written by neft itself (a Llama-family decoder), and the
 //! readers they take weights from.
 
+pub mod gguf;
 pub mod llama;
+pub mod tokenizer;
 pub mod weights;

@@ -1,0 +1,488 @@
+//! GGUF reading and the GGUF tokenizer on tiny files written here by hand: block
+//! dequantization against values worked out in comments, metadata round trips,
+//! hostile files, the q/k unpermutation, and byte-level BPE encoding.
+
+use neft::models::gguf::{unpermute_qk, GgmlType, Gguf, GgufError, Value, ValueType};
+use neft::models::tokenizer::{tokenizer_json_from_gguf, GgufTokenizer};
+use std::io::Write;
+
+// ---------------------------------------------------------------------------
+// A minimal GGUF v3 writer.
+
+struct TensorIn {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    data: Vec<u8>,
+}
+
+fn tensor(name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> TensorIn {
+    TensorIn { name: name.to_string(), dims: dims.to_vec(), ty, data }
+}
+
+fn put_str(buf: &mut Vec<u8>, s: &str) {
+    buf.extend((s.len() as u64).to_le_bytes());
+    buf.extend(s.as_bytes());
+}
+
+fn put_value(buf: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => buf.push(*x),
+        Value::I8(x) => buf.push(*x as u8),
+        Value::U16(x) => buf.extend(x.to_le_bytes()),
+        Value::I16(x) => buf.extend(x.to_le_bytes()),
+        Value::U32(x) => buf.extend(x.to_le_bytes()),
+        Value::I32(x) => buf.extend(x.to_le_bytes()),
+        Value::U64(x) => buf.extend(x.to_le_bytes()),
+        Value::I64(x) => buf.extend(x.to_le_bytes()),
+        Value::F32(x) => buf.extend(x.to_le_bytes()),
+        Value::F64(x) => buf.extend(x.to_le_bytes()),
+        Value::Bool(x) => buf.push(*x as u8),
+        Value::String(s) => put_str(buf, s),
+        Value::Array(t, items) => {
+            buf.extend((*t as u32).to_le_bytes());
+            buf.extend((items.len() as u64).to_le_bytes());
+            items.iter().for_each(|i| put_value(buf, i));
+        }
+    }
+}
+
+fn write_gguf(kvs: &[(&str, Value)], tensors: &[TensorIn]) -> Vec<u8> {
+    // Hostile alignments are written as they are but padded with the default.
+    let align = kvs.iter().find(|(k, _)| *k == "general.alignment").and_then(|(_, v)| v.as_u64());
+    let align = align.filter(|a| a.is_power_of_two() && *a <= 4096).unwrap_or(32);
+    let pad = |buf: &mut Vec<u8>| buf.resize(buf.len().next_multiple_of(align as usize), 0);
+    let mut buf = b"GGUF".to_vec();
+    buf.extend(3u32.to_le_bytes());
+    buf.extend((tensors.len() as u64).to_le_bytes());
+    buf.extend((kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        put_str(&mut buf, k);
+        buf.extend((v.value_type() as u32).to_le_bytes());
+        put_value(&mut buf, v);
+    }
+    let mut data = vec![];
+    for t in tensors {
+        put_str(&mut buf, &t.name);
+        buf.extend((t.dims.len() as u32).to_le_bytes());
+        t.dims.iter().for_each(|d| buf.extend(d.to_le_bytes()));
+        buf.extend(t.ty.0.to_le_bytes());
+        buf.extend((data.len() as u64).to_le_bytes());
+        data.extend(&t.data);
+        pad(&mut data);
+    }
+    pad(&mut buf);
+    buf.extend(data);
+    buf
+}
+
+/// Writes `bytes` to a temporary file and opens it (the file may go once it is mapped).
+fn open(bytes: &[u8]) -> Result<Gguf, GgufError> {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(bytes).unwrap();
+    Gguf::open(f.path())
+}
+
+fn dequant(g: &Gguf, name: &str) -> Vec<f32> {
+    g.dequantize(g.tensor(name).unwrap()).unwrap()
+}
+
+fn f16_block(scales: &[u16], quants: &[u8]) -> Vec<u8> {
+    scales.iter().flat_map(|s| s.to_le_bytes()).chain(quants.iter().copied()).collect()
+}
+
+// f16 bit patterns used below.
+const HALF: u16 = 0x3800; // 0.5
+const ONE: u16 = 0x3c00; // 1.0
+const TWO: u16 = 0x4000; // 2.0
+const MINUS_ONE: u16 = 0xbc00; // -1.0
+
+/// Nibbles for 4-bit blocks: byte j holds q = j in its low nibble (element j) and
+/// q = 15 - j in its high nibble (element 16 + j).
+fn nibbles() -> Vec<u8> {
+    (0..16u8).map(|j| j | (15 - j) << 4).collect()
+}
+
+// ---------------------------------------------------------------------------
+// (1) Dequantization of each supported block type.
+
+#[test]
+fn dequantizes_every_supported_block_type() {
+    let f32_data: Vec<u8> = [1.5f32, -2.0, 0.0, 3.25].iter().flat_map(|x| x.to_le_bytes()).collect();
+    // f16 0x3c00 = 1.0, 0xc000 = -2.0, 0x3800 = 0.5, 0x7bff = 65504 (largest finite), 0x0001 = 2^-24.
+    let f16_data: Vec<u8> = [0x3c00u16, 0xc000, 0x3800, 0x7bff, 0x0001].iter().flat_map(|x| x.to_le_bytes()).collect();
+    // bf16 is the top 16 bits of an f32: 0x3f80 -> 0x3f800000 = 1.0, 0xc040 -> -3.0, 0x3fc0 -> 1.5.
+    let bf16_data: Vec<u8> = [0x3f80u16, 0xc040, 0x3fc0].iter().flat_map(|x| x.to_le_bytes()).collect();
+    // Q8_0, two blocks, q_i = i - 16 (i = 0..32): block 0 has d = 0.5 so x_i = 0.5 * (i - 16),
+    // from -8.0 up to 7.5; block 1 has d = -1 so x_{32+i} = 16 - i, from 16 down to -15.
+    let q8: Vec<u8> = (0..32).map(|i| (i as i8 - 16) as u8).collect();
+    let q8_data = [f16_block(&[HALF], &q8), f16_block(&[MINUS_ONE], &q8)].concat();
+    // Q4_0, d = 2: x = 2 * (q - 8); x_j = 2 * (j - 8) and x_{16+j} = 2 * (7 - j).
+    let q4_0_data = f16_block(&[TWO], &nibbles());
+    // Q4_1, d = 0.5, m = -1: x = 0.5 * q - 1; x_j = 0.5 * j - 1 and x_{16+j} = 0.5 * (15 - j) - 1.
+    let q4_1_data = f16_block(&[HALF, MINUS_ONE], &nibbles());
+
+    let file = write_gguf(
+        &[],
+        &[
+            tensor("f32", &[4], GgmlType::F32, f32_data),
+            tensor("f16", &[5], GgmlType::F16, f16_data),
+            tensor("bf16", &[3], GgmlType::BF16, bf16_data),
+            tensor("q8_0", &[32, 2], GgmlType::Q8_0, q8_data),
+            tensor("q4_0", &[32], GgmlType::Q4_0, q4_0_data),
+            tensor("q4_1", &[32], GgmlType::Q4_1, q4_1_data),
+        ],
+    );
+    let g = open(&file).unwrap();
+    assert_eq!(dequant(&g, "f32"), [1.5, -2.0, 0.0, 3.25]);
+    assert_eq!(dequant(&g, "f16"), [1.0, -2.0, 0.5, 65504.0, 1.0 / 16_777_216.0]);
+    assert_eq!(dequant(&g, "bf16"), [1.0, -3.0, 1.5]);
+
+    let q8 = dequant(&g, "q8_0");
+    assert_eq!(g.tensor("q8_0").unwrap().shape(), [2, 32]);
+    assert_eq!((q8.len(), q8[0], q8[1], q8[16], q8[31]), (64, -8.0, -7.5, 0.0, 7.5));
+    assert_eq!((q8[32], q8[48], q8[63]), (16.0, 0.0, -15.0));
+    let expect: Vec<f32> = (0..64).map(|k| if k < 32 { 0.5 * (k as f32 - 16.0) } else { 48.0 - k as f32 }).collect();
+    assert_eq!(q8, expect);
+
+    let q4_0 = dequant(&g, "q4_0");
+    assert_eq!((q4_0[0], q4_0[8], q4_0[15], q4_0[16], q4_0[31]), (-16.0, 0.0, 14.0, 14.0, -16.0));
+    let expect: Vec<f32> =
+        (0..32).map(|k| if k < 16 { 2.0 * (k as f32 - 8.0) } else { 2.0 * (23.0 - k as f32) }).collect();
+    assert_eq!(q4_0, expect);
+
+    let q4_1 = dequant(&g, "q4_1");
+    assert_eq!((q4_1[0], q4_1[2], q4_1[15], q4_1[16], q4_1[31]), (-1.0, 0.0, 6.5, 6.5, -1.0));
+    let expect: Vec<f32> =
+        (0..32).map(|k| if k < 16 { 0.5 * k as f32 - 1.0 } else { 0.5 * (31 - k) as f32 - 1.0 }).collect();
+    assert_eq!(q4_1, expect);
+}
+
+#[test]
+fn unsupported_type_is_named_with_its_tensor() {
+    // One Q4_K super-block: 256 elements in 144 bytes. Parsed, but not dequantized.
+    let g = open(&write_gguf(&[], &[tensor("blk.0.ffn_up.weight", &[256], GgmlType(12), vec![0; 144])])).unwrap();
+    let err = g.dequantize(g.tensor("blk.0.ffn_up.weight").unwrap()).unwrap_err().to_string();
+    assert!(err.contains("Q4_K") && err.contains("blk.0.ffn_up.weight"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// (2) Metadata of every value type round-trips.
+
+#[test]
+fn metadata_of_every_type_round_trips() {
+    let s = |x: &str| Value::String(x.to_string());
+    let kvs = vec![
+        ("general.alignment", Value::U32(64)),
+        ("u8", Value::U8(255)),
+        ("i8", Value::I8(-128)),
+        ("u16", Value::U16(65535)),
+        ("i16", Value::I16(-32768)),
+        ("u32", Value::U32(u32::MAX)),
+        ("i32", Value::I32(i32::MIN)),
+        ("u64", Value::U64(u64::MAX)),
+        ("i64", Value::I64(i64::MIN)),
+        ("f32", Value::F32(-1.25e-5)),
+        ("f64", Value::F64(std::f64::consts::PI)),
+        ("bool.true", Value::Bool(true)),
+        ("bool.false", Value::Bool(false)),
+        ("string", s("Ġthe ✓ naïve\n")),
+        ("string.empty", s("")),
+        ("array.i32", Value::Array(ValueType::I32, vec![Value::I32(3), Value::I32(-1)])),
+        ("array.string", Value::Array(ValueType::String, vec![s("a b"), s("")])),
+        ("array.empty", Value::Array(ValueType::F64, vec![])),
+        (
+            "array.nested",
+            Value::Array(
+                ValueType::Array,
+                vec![Value::Array(ValueType::Bool, vec![Value::Bool(true)]), Value::Array(ValueType::U8, vec![])],
+            ),
+        ),
+    ];
+    let file = write_gguf(
+        &kvs,
+        &[tensor("t", &[2], GgmlType::F32, [7f32, 8.0].iter().flat_map(|x| x.to_le_bytes()).collect())],
+    );
+    let g = open(&file).unwrap();
+    assert_eq!(g.version, 3);
+    let back: Vec<(&str, Value)> = g.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    assert_eq!(back, kvs);
+    // The custom alignment places the data section and is honored when reading.
+    assert_eq!((g.alignment, g.data_offset % 64), (64, 0));
+    assert_eq!(dequant(&g, "t"), [7.0, 8.0]);
+    assert_eq!(g.require("u32", Value::as_u64).unwrap(), u32::MAX as u64);
+    let err = g.require("string", Value::as_u64).unwrap_err().to_string();
+    assert!(err.contains("'string'"), "{err}");
+    assert!(g.require("missing.key", Value::as_u64).unwrap_err().to_string().contains("missing.key"));
+}
+
+// ---------------------------------------------------------------------------
+// (3) Truncated and hostile files give errors, not panics.
+
+fn small_file() -> Vec<u8> {
+    let kvs = [
+        ("general.name", Value::String("tiny".into())),
+        ("list", Value::Array(ValueType::U16, vec![Value::U16(1); 5])),
+    ];
+    write_gguf(&kvs, &[tensor("w", &[32], GgmlType::Q8_0, f16_block(&[ONE], &[1; 32]))])
+}
+
+fn open_err(bytes: &[u8]) -> String {
+    open(bytes).expect_err("a malformed file must be refused").to_string()
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let file = small_file();
+    let t = open(&file).unwrap().tensors[0].clone();
+    let end = (t.offset + t.n_bytes) as usize;
+    // Every prefix that cuts into the header, the tables or the data is refused...
+    for len in 0..end {
+        let err = open_err(&file[..len]);
+        assert!(!err.is_empty());
+    }
+    // ...while the padding after the last tensor is optional.
+    assert!((end..=file.len()).all(|len| open(&file[..len]).is_ok()));
+    assert!(open_err(&file[..10]).contains("header"));
+}
+
+#[test]
+fn hostile_headers_and_tables_are_refused() {
+    let header = |version: u32, n_tensors: u64, n_kv: u64| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(version.to_le_bytes());
+        b.extend(n_tensors.to_le_bytes());
+        b.extend(n_kv.to_le_bytes());
+        b
+    };
+    assert!(open_err(b"GGML\x03\0\0\0").contains("not a GGUF file"));
+    assert!(open_err(&header(1, 0, 0)).contains("version 1"));
+    // Huge counts with nothing behind them.
+    assert!(open_err(&header(3, u64::MAX, u64::MAX)).contains("metadata key #0"));
+
+    // An array claiming 2^62 elements: refused before allocating.
+    let mut b = header(3, 0, 1);
+    put_str(&mut b, "tokens");
+    b.extend(9u32.to_le_bytes());
+    b.extend(4u32.to_le_bytes());
+    b.extend((1u64 << 62).to_le_bytes());
+    let err = open_err(&b);
+    assert!(err.contains("'tokens'") && err.contains("cannot fit"), "{err}");
+
+    // A string claiming u64::MAX bytes.
+    let mut b = header(3, 0, 1);
+    b.extend(u64::MAX.to_le_bytes());
+    assert!(open_err(&b).contains("metadata key #0"));
+
+    // Unknown value type, bad bool byte.
+    let mut b = header(3, 0, 1);
+    put_str(&mut b, "k");
+    b.extend(99u32.to_le_bytes());
+    assert!(open_err(&b).contains("unknown value type 99"));
+    let mut b = header(3, 0, 1);
+    put_str(&mut b, "flag");
+    b.extend(7u32.to_le_bytes());
+    b.push(2);
+    assert!(open_err(&b).contains("'flag'"));
+
+    // Arrays nested deeper than the parser allows.
+    let mut b = header(3, 0, 1);
+    put_str(&mut b, "deep");
+    b.extend(9u32.to_le_bytes());
+    for _ in 0..100 {
+        b.extend(9u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+    }
+    assert!(open_err(&b).contains("nested"));
+
+    let dup = [("a", Value::U8(1)), ("a", Value::U8(2))];
+    assert!(open_err(&write_gguf(&dup, &[])).contains("'a': appears twice"));
+}
+
+#[test]
+fn hostile_tensor_infos_are_refused() {
+    let w = || tensor("w", &[32], GgmlType::Q8_0, f16_block(&[ONE], &[1; 32]));
+    let with = |f: &dyn Fn(&mut TensorIn)| {
+        let mut t = w();
+        f(&mut t);
+        write_gguf(&[], &[t])
+    };
+    // The offset field is the last 8 bytes of the tensor table: point it past the end.
+    let mut file = write_gguf(&[], &[w()]);
+    let at = 24 + (8 + 1) + 4 + 8 + 4; // header, name "w", n_dims, one dim, type
+    file[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let err = open_err(&file);
+    assert!(err.contains("'w'") && err.contains("past the end"), "{err}");
+    // An offset that wraps around u64.
+    file[at..at + 8].copy_from_slice(&(u64::MAX - 31).to_le_bytes());
+    assert!(open_err(&file).contains("'w'"));
+    // Misaligned offset.
+    file[at..at + 8].copy_from_slice(&8u64.to_le_bytes());
+    assert!(open_err(&file).contains("alignment"));
+
+    // Dims whose product overflows, too many dims, a row not made of whole blocks, unknown type.
+    assert!(open_err(&with(&|t| t.dims = vec![1 << 40, 1 << 40])).contains("overflow"));
+    assert!(open_err(&with(&|t| t.dims = vec![32, 1 << 30])).contains("past the end"));
+    // 2^62 F64 values fit the element count but not a byte count.
+    assert!(open_err(&with(&|t| (t.dims, t.ty) = (vec![1 << 62], GgmlType(28)))).contains("overflow"));
+    assert!(open_err(&with(&|t| t.dims = vec![1; 5])).contains("5 dims"));
+    assert!(open_err(&with(&|t| t.dims = vec![16, 2])).contains("multiple of the Q8_0 block"));
+    assert!(open_err(&with(&|t| t.ty = GgmlType(99))).contains("unknown ggml type 99"));
+    assert!(open_err(&write_gguf(&[], &[w(), w()])).contains("'w': appears twice"));
+    for align in [Value::U32(3), Value::U32(0), Value::U64(1 << 63)] {
+        let bad_align = write_gguf(&[("general.alignment", align)], &[]);
+        assert!(open_err(&bad_align).contains("general.alignment"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// (4) Undoing llama.cpp's q/k row permutation.
+
+#[test]
+fn unpermute_qk_restores_rotary_halves() {
+    // One head, 4 rows of 2: llama.cpp stores rows in (pair j, half i) order:
+    // r0 = (j0,i0), r1 = (j0,i1), r2 = (j1,i0), r3 = (j1,i1). HF wants (i, j) order: r0 r2 r1 r3.
+    let rows = [[0.0, 0.5], [1.0, 1.5], [2.0, 2.5], [3.0, 3.5]];
+    let data: Vec<f32> = rows.concat();
+    assert_eq!(unpermute_qk(&data, 4, 2, 1), [0.0, 0.5, 2.0, 2.5, 1.0, 1.5, 3.0, 3.5]);
+    // Two heads of 4 rows (inp = 1): each head is reordered on its own.
+    let data: Vec<f32> = (0..8).map(|x| x as f32).collect();
+    assert_eq!(unpermute_qk(&data, 8, 1, 2), [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+    // Three heads of 6 rows: head h's rows (h,j,i) = 6h + 2j + i go to 6h + 3i + j.
+    let data: Vec<f32> = (0..18).map(|x| x as f32).collect();
+    let expect = [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11, 12, 14, 16, 13, 15, 17].map(|x| x as f32);
+    assert_eq!(unpermute_qk(&data, 18, 1, 3), expect);
+}
+
+#[test]
+fn llama_weight_unpermutes_q_and_k_only() {
+    // q: 4 rows (out) of 2 (in) stored as GGUF dims [in, out] = [2, 4]; k has 2 kv heads.
+    let f32s = |n: usize| (0..n).flat_map(|x| (x as f32).to_le_bytes()).collect::<Vec<u8>>();
+    let kvs = [("llama.attention.head_count", Value::U32(1)), ("llama.attention.head_count_kv", Value::U32(2))];
+    let g = open(&write_gguf(
+        &kvs,
+        &[
+            tensor("blk.0.attn_q.weight", &[2, 4], GgmlType::F32, f32s(8)),
+            tensor("blk.0.attn_k.weight", &[1, 8], GgmlType::F32, f32s(8)),
+            tensor("blk.0.attn_v.weight", &[2, 4], GgmlType::F32, f32s(8)),
+            tensor("blk.1.attn_q.weight", &[2, 6], GgmlType::F32, f32s(12)),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(g.tensor("blk.0.attn_q.weight").unwrap().shape(), [4, 2]);
+    assert_eq!(g.llama_weight("blk.0.attn_q.weight").unwrap(), [0.0, 1.0, 4.0, 5.0, 2.0, 3.0, 6.0, 7.0]);
+    assert_eq!(g.llama_weight("blk.0.attn_k.weight").unwrap(), [0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+    assert_eq!(g.llama_weight("blk.0.attn_v.weight").unwrap(), dequant(&g, "blk.0.attn_v.weight"));
+    // 6 rows make 1 head of 3 rotary pairs, but not 4 heads.
+    assert_eq!(g.llama_weight("blk.1.attn_q.weight").unwrap().len(), 12);
+    let g = open(&write_gguf(
+        &[("llama.attention.head_count", Value::U32(4))],
+        &[tensor("blk.1.attn_q.weight", &[2, 6], GgmlType::F32, f32s(12))],
+    ))
+    .unwrap();
+    let err = g.llama_weight("blk.1.attn_q.weight").unwrap_err().to_string();
+    assert!(err.contains("blk.1.attn_q.weight") && err.contains("4 heads"), "{err}");
+    let g = open(&write_gguf(
+        &[("llama.attention.head_count", Value::U64(u64::MAX))],
+        &[tensor("blk.1.attn_q.weight", &[2, 6], GgmlType::F32, f32s(12))],
+    ))
+    .unwrap();
+    assert!(g.llama_weight("blk.1.attn_q.weight").is_err());
+}
+
+// ---------------------------------------------------------------------------
+// (5) The tokenizer on a small byte-level BPE vocabulary.
+
+/// GPT-2's byte-to-character table: printable bytes stand for themselves, the others
+/// take U+0100 onwards in byte order (so space is 'Ġ', U+0120).
+fn byte_chars() -> Vec<char> {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
+    let mut next = 0x100;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                b as char
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap()
+            }
+        })
+        .collect()
+}
+
+/// ids: 0 <|endoftext|>, 1 <|im_start|>, 2..258 the 256 bytes, then the merged tokens.
+const MERGED: [&str; 9] = ["he", "ll", "hell", "hello", "Ġw", "or", "Ġwor", "ld", "12"];
+const MERGES: [&str; 9] = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "1 2"];
+
+fn tokenizer_file(pre: &str, add_bos: bool) -> Vec<u8> {
+    let strings = |xs: Vec<String>| Value::Array(ValueType::String, xs.into_iter().map(Value::String).collect());
+    let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string()];
+    tokens.extend(byte_chars().iter().map(|c| c.to_string()));
+    tokens.extend(MERGED.iter().map(|s| s.to_string()));
+    let types = (0..tokens.len()).map(|i| Value::I32(if i < 2 { 3 } else { 1 })).collect();
+    write_gguf(
+        &[
+            ("tokenizer.ggml.model", Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre", Value::String(pre.into())),
+            ("tokenizer.ggml.tokens", strings(tokens)),
+            ("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types)),
+            ("tokenizer.ggml.merges", strings(MERGES.iter().map(|s| s.to_string()).collect())),
+            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id", Value::U32(0)),
+            ("tokenizer.ggml.add_bos_token", Value::Bool(add_bos)),
+            ("tokenizer.chat_template", Value::String("{{ messages }}".into())),
+        ],
+        &[],
+    )
+}
+
+fn id(token: &str) -> u32 {
+    258 + MERGED.iter().position(|t| *t == token).unwrap() as u32
+}
+
+fn byte_id(b: u8) -> u32 {
+    2 + b as u32
+}
+
+#[test]
+fn tokenizer_applies_merges_and_round_trips() {
+    let g = open(&tokenizer_file("smollm", false)).unwrap();
+    let tok = GgufTokenizer::from_gguf(&g).unwrap();
+    assert_eq!((tok.bos, tok.eos, tok.chat_template.as_deref()), (Some(1), Some(0), Some("{{ messages }}")));
+
+    // "hello": h e -> he, l l -> ll, he ll -> hell, hell o -> hello.
+    // " world": Ġ w -> Ġw, o r -> or, Ġw or -> Ġwor, l d -> ld.
+    assert_eq!(tok.encode("hello world", true).unwrap(), [id("hello"), id("Ġwor"), id("ld")]);
+    // smollm splits digits one by one before the GPT-2 split, so the "1 2" merge never applies;
+    // the trailing-space rule keeps " " apart from "hello".
+    assert_eq!(tok.encode("hello 12", false).unwrap(), [id("hello"), byte_id(b' '), byte_id(b'1'), byte_id(b'2')]);
+    // Control tokens are matched whole and can be skipped when decoding.
+    let ids = tok.encode("<|im_start|>hello", false).unwrap();
+    assert_eq!(ids, [1, id("hello")]);
+    assert_eq!(tok.decode(&ids, false).unwrap(), "<|im_start|>hello");
+    assert_eq!(tok.decode(&ids, true).unwrap(), "hello");
+
+    // Anything round-trips through bytes, merges or not.
+    for text in ["hello world", "  naïve café ✓ 😀\n\ttabs", "world hello 2024"] {
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    }
+}
+
+#[test]
+fn tokenizer_follows_pre_type_and_add_bos() {
+    // GPT-2's split keeps " 12" together, so the "1 2" merge applies; bos is added on request.
+    let g = open(&tokenizer_file("gpt-2", true)).unwrap();
+    let tok = GgufTokenizer::from_gguf(&g).unwrap();
+    assert_eq!(tok.encode("hello 12", true).unwrap(), [1, id("hello"), byte_id(b' '), id("12")]);
+    assert_eq!(tok.encode("hello 12", false).unwrap(), [id("hello"), byte_id(b' '), id("12")]);
+
+    let json = tokenizer_json_from_gguf(&g).unwrap();
+    assert_eq!(json["model"]["merges"][0], serde_json::json!(["h", "e"]));
+    assert_eq!(json["added_tokens"][1]["content"], "<|im_start|>");
+    assert_eq!(json["added_tokens"][1]["special"], true);
+
+    let g = open(&tokenizer_file("qwen2", false)).unwrap();
+    let err = GgufTokenizer::from_gguf(&g).err().unwrap().to_string();
+    assert!(err.contains("'qwen2'"), "{err}");
+}
