@@ -4,6 +4,7 @@ use crate::compile::{compile, CompileOptions, Mode, Unit};
 use crate::optim::Optimizer;
 use crate::passes::append_loss::LossSpec;
 use crate::select::NeuronSet;
+use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -102,8 +103,12 @@ pub struct BuildModelArgs {
     #[arg(short, long)]
     pub out: PathBuf,
     /// A HuggingFace checkpoint folder: config.json and *.safetensors.
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long, conflicts_with_all = ["config", "gguf"])]
     pub safetensors: Option<PathBuf>,
+    /// A llama.cpp GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors, dequantized to
+    /// f32); its tokenizer is written as tokenizer.json beside the model.
+    #[arg(long, conflicts_with = "config")]
+    pub gguf: Option<PathBuf>,
     /// A HuggingFace config.json alone: random weights (for tests and benchmarks).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -116,6 +121,27 @@ pub fn run_build_model(args: &BuildModelArgs) -> anyhow::Result<()> {
     use crate::models::llama::{build_llama, LlamaConfig, RandomWeights};
     let t0 = std::time::Instant::now();
     let path = match (&args.safetensors, &args.config) {
+        _ if args.gguf.is_some() => {
+            let file = args.gguf.as_ref().unwrap();
+            let gguf = crate::models::gguf::Gguf::open(file)?;
+            let mut weights = crate::models::weights::GgufWeights { gguf: &gguf };
+            let cfg =
+                weights.config().with_context(|| format!("{}: reading the Llama configuration", file.display()))?;
+            let path = build_llama(&cfg, &mut weights, &args.out)?;
+            let tokenizer = crate::models::tokenizer::tokenizer_json_from_gguf(&gguf)?;
+            crate::fsutil::write_bytes_atomic(
+                &args.out.join("tokenizer.json"),
+                serde_json::to_string(&tokenizer)?.as_bytes(),
+            )?;
+            if let Some(t) = gguf.get("tokenizer.chat_template").and_then(crate::models::gguf::Value::as_str) {
+                let config = serde_json::json!({ "chat_template": t });
+                crate::fsutil::write_bytes_atomic(
+                    &args.out.join("tokenizer_config.json"),
+                    serde_json::to_string_pretty(&config)?.as_bytes(),
+                )?;
+            }
+            path
+        }
         (Some(dir), _) => {
             let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
             let mut weights = crate::models::weights::SafetensorsWeights::open(dir)?;
