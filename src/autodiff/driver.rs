@@ -102,6 +102,12 @@ pub(crate) fn run(source: &Graph, seeds: Seeds, wrt: &[TensorName], opts: &GradO
             continue;
         }
         let needs: Vec<bool> = node.input.iter().map(|i| !i.is_empty() && needed.contains(i)).collect();
+        if needs.iter().filter(|&&n| n).count() > 1 {
+            // A factor carried into several branches would be applied once per branch.
+            for g in dys.iter_mut().flatten().filter(|g| g.scale != 1.0) {
+                *g = G { name: em.apply_scale(g)?, scale: 1.0, bshape: g.bshape.clone() };
+            }
+        }
         let rule = rules::lookup(node.op_type()).expect("checked by check_rules");
         let label = em.graph.describe(idx);
         let inputs = node.input.clone();
@@ -147,8 +153,9 @@ pub(crate) fn run(source: &Graph, seeds: Seeds, wrt: &[TensorName], opts: &GradO
             em.graph.add_output(info)?;
         }
     }
+    em.remove_unused()?;
     em.graph.set_pass(None);
-    report.backward = em.counts.clone();
+    report.backward = em.counts.iter().filter(|(_, &n)| n > 0).map(|(k, &n)| (k.clone(), n)).collect();
     Ok(GradOutput { graph: em.graph, opset, report })
 }
 
@@ -204,15 +211,30 @@ fn is_default_domain(domain: &str) -> bool {
 }
 
 /// Every op on the path has a rule; else an error naming the first one.
-fn check_rules(graph: &Graph, order: &[NodeIndex], on_path: &HashSet<NodeIndex>, active: &HashSet<TensorName>) -> R<()> {
+fn check_rules(
+    graph: &Graph,
+    order: &[NodeIndex],
+    on_path: &HashSet<NodeIndex>,
+    active: &HashSet<TensorName>,
+) -> R<()> {
     for &idx in order.iter().filter(|i| on_path.contains(i)) {
         let node = graph.op(idx).expect("an op");
         if is_default_domain(node.domain()) && rules::lookup(node.op_type()).is_some() {
             continue;
         }
-        let op = if is_default_domain(node.domain()) { node.op_type().to_string() } else { format!("{}::{}", node.domain(), node.op_type()) };
-        let input = node.input.iter().find(|i| active.contains(*i)).cloned().unwrap_or_else(|| "<a subgraph input>".into());
-        return Err(AutodiffError::NoRule { node: graph.describe(idx), op, input, known: rules::known_ops().join(", ") });
+        let op = if is_default_domain(node.domain()) {
+            node.op_type().to_string()
+        } else {
+            format!("{}::{}", node.domain(), node.op_type())
+        };
+        let input =
+            node.input.iter().find(|i| active.contains(*i)).cloned().unwrap_or_else(|| "<a subgraph input>".into());
+        return Err(AutodiffError::NoRule {
+            node: graph.describe(idx),
+            op,
+            input,
+            known: rules::known_ops().join(", "),
+        });
     }
     Ok(())
 }
@@ -225,7 +247,8 @@ fn loss_seed(em: &mut Emitter, loss: &str) -> R<G> {
             let known: Option<Vec<i64>> = dims.iter().map(super::facts::known).collect();
             match known {
                 Some(d) if d.iter().product::<i64>() == 1 => {
-                    let raw = super::emit::float_bytes(&[1.0], dtype).ok_or_else(|| AutodiffError::UnknownType { tensor: loss.into() })?;
+                    let raw = super::emit::float_bytes(&[1.0], dtype)
+                        .ok_or_else(|| AutodiffError::UnknownType { tensor: loss.into() })?;
                     Ok(G::exact(em.constant(dtype, &d, raw)?))
                 }
                 _ => Err(AutodiffError::LossNotScalar {
@@ -236,7 +259,12 @@ fn loss_seed(em: &mut Emitter, loss: &str) -> R<G> {
         }
         None => {
             let shape = em.op("Shape", &[loss], vec![])?;
-            let one = make::tensor_raw("value", DataType::try_from(dtype).unwrap_or(DataType::Float), &[1], super::emit::float_bytes(&[1.0], dtype).unwrap_or_default());
+            let one = make::tensor_raw(
+                "value",
+                DataType::try_from(dtype).unwrap_or(DataType::Float),
+                &[1],
+                super::emit::float_bytes(&[1.0], dtype).unwrap_or_default(),
+            );
             Ok(G::exact(em.op("ConstantOfShape", &[&shape], vec![crate::ir::attr::tensor("value", one)])?))
         }
     }
@@ -253,22 +281,43 @@ impl Accumulator {
         self.parts.entry(value.to_string()).or_default().push(g);
     }
 
-    /// The total gradient of `value` (one `Sum` when several ops contributed).
+    /// The total gradient of `value`: one `Sum` when several ops contributed, with
+    /// the factors taken relative to the first part's (a part with the opposite
+    /// factor is subtracted rather than negated).
     fn total(&mut self, em: &mut Emitter, value: &str) -> R<Option<G>> {
         let Some(parts) = self.parts.get(value).cloned() else { return Ok(None) };
         if parts.len() == 1 {
             return Ok(Some(parts[0].clone()));
         }
-        let same_scale = parts.iter().all(|g| g.scale == parts[0].scale);
         let full = em.shape(value);
-        let dims: Option<Vec<Dim>> = parts.iter().try_fold(vec![], |acc: Vec<Dim>, g| broadcast(&acc, &em.g_shape(g, value)?));
-        let mut names = vec![];
+        let dims: Option<Vec<Dim>> =
+            parts.iter().try_fold(vec![], |acc: Vec<Dim>, g| broadcast(&acc, &em.g_shape(g, value)?));
+        let scale = parts[0].scale;
+        let (mut plus, mut minus) = (vec![], vec![]);
         for g in &parts {
             let g = if dims.is_none() { em.exact(g, value)? } else { g.clone() };
-            names.push(if same_scale { g.name.clone() } else { em.apply_scale(&g)? });
+            let ratio = g.scale / scale;
+            if ratio == -1.0 {
+                minus.push(g.name);
+            } else {
+                plus.push(em.mul_const(&g.name, ratio)?);
+            }
         }
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let name = em.op("Sum", &refs, vec![])?;
+        let sum = |em: &mut Emitter, names: &[String]| -> R<String> {
+            if names.len() == 1 {
+                return Ok(names[0].clone());
+            }
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            em.op("Sum", &refs, vec![])
+        };
+        let name = match (plus.is_empty(), minus.is_empty()) {
+            (false, true) => sum(em, &plus)?,
+            (false, false) => {
+                let (p, m) = (sum(em, &plus)?, sum(em, &minus)?);
+                em.sub(&p, &m)?
+            }
+            (true, _) => unreachable!("the first part has ratio 1"),
+        };
         let is_full = match (&dims, &full) {
             (Some(d), Some(f)) => d.len() == f.len() && d.iter().zip(f).all(|(a, b)| dims_equal(a, b) == Some(true)),
             _ => true,
@@ -276,7 +325,7 @@ impl Accumulator {
         let bshape = if is_full { None } else { dims };
         let dtype = em.facts.dtype(value);
         em.facts.set(&name, dtype, bshape.clone().or(full));
-        let total = G { name, scale: if same_scale { parts[0].scale } else { 1.0 }, bshape };
+        let total = G { name, scale, bshape };
         self.parts.insert(value.to_string(), vec![total.clone()]);
         Ok(Some(total))
     }

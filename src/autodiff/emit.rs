@@ -54,6 +54,9 @@ pub(crate) struct Emitter {
     pub variables: HashSet<TensorName>,
     cse: HashMap<(String, Vec<String>, Vec<u8>), Vec<TensorName>>,
     consts: HashMap<(i32, Vec<i64>, Vec<u8>), TensorName>,
+    /// One-element float constants made here: (type, dims, value), so that scaling
+    /// one makes another constant instead of a node.
+    single: HashMap<TensorName, (i32, Vec<i64>, f64)>,
 }
 
 impl Emitter {
@@ -67,6 +70,7 @@ impl Emitter {
             variables: HashSet::new(),
             cse: HashMap::new(),
             consts: HashMap::new(),
+            single: HashMap::new(),
         }
     }
 
@@ -86,8 +90,10 @@ impl Emitter {
         let proto = self.graph.op(self.graph.producer(&outputs[0]).expect("just added").0).cloned().unwrap_or_default();
         let in_types: Vec<Option<i32>> = inputs.iter().map(|i| self.facts.dtype(i)).collect();
         let dtype = super::facts::propagate_dtype(&proto, &in_types);
+        let in_shapes: Vec<Option<Vec<Dim>>> = inputs.iter().map(|i| self.shape(i)).collect();
+        let shape = super::facts::elementwise_shape(op, &in_shapes);
         for o in &outputs {
-            self.facts.set(o, dtype, None);
+            self.facts.set(o, dtype, shape.clone());
             self.created.insert(o.clone());
         }
         self.cse.insert(key, outputs.clone());
@@ -108,6 +114,9 @@ impl Emitter {
         let dt = DataType::try_from(dtype).unwrap_or(DataType::Float);
         self.graph.add_initializer(make::tensor_raw(&name, dt, dims, raw))?;
         self.facts.set(&name, Some(dtype), Some(dims.iter().map(|&d| Dim::Known(d)).collect()));
+        if let Some(v) = single_float(dtype, &key.2) {
+            self.single.insert(name.clone(), (dtype, dims.to_vec(), v));
+        }
         self.consts.insert(key, name.clone());
         Ok(name)
     }
@@ -124,7 +133,8 @@ impl Emitter {
 
     /// A 0-D float constant of element type `dtype`.
     pub fn scalar(&mut self, v: f64, dtype: i32) -> R<TensorName> {
-        let raw = float_bytes(&[v], dtype).ok_or_else(|| AutodiffError::Internal(format!("constant of type {dtype}")))?;
+        let raw =
+            float_bytes(&[v], dtype).ok_or_else(|| AutodiffError::Internal(format!("constant of type {dtype}")))?;
         self.constant(dtype, &[], raw)
     }
 
@@ -175,6 +185,11 @@ impl Emitter {
         if c == 1.0 {
             return Ok(a.to_string());
         }
+        if let Some((dtype, dims, v)) = self.single.get(a).cloned() {
+            let raw = float_bytes(&[v * c], dtype)
+                .ok_or_else(|| AutodiffError::Internal(format!("constant of type {dtype}")))?;
+            return self.constant(dtype, &dims, raw);
+        }
         if c == -1.0 {
             return self.neg(a);
         }
@@ -193,8 +208,66 @@ impl Emitter {
     pub fn where_(&mut self, cond: &str, a: &str, b: &str) -> R<TensorName> {
         self.op("Where", &[cond, a, b], vec![])
     }
+    /// `Transpose(a)`; when `a` is an `Einsum` made here, an `Einsum` writing the
+    /// permuted output directly (the first one is removed if nothing else reads it).
     pub fn transpose(&mut self, a: &str, perm: &[i64]) -> R<TensorName> {
+        if let Some((inputs, lhs, out)) = self.einsum_parts(a) {
+            if out.len() == perm.len() {
+                let permuted: String = perm.iter().map(|&p| out.as_bytes()[p as usize] as char).collect();
+                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                let eq = format!("{lhs}->{permuted}");
+                return self.op("Einsum", &refs, vec![attr::string("equation", &eq)]);
+            }
+        }
         self.op("Transpose", &[a], vec![attr::ints("perm", perm)])
+    }
+
+    /// Inputs, left-hand side and output subscripts of an explicit `Einsum` made here.
+    fn einsum_parts(&self, name: &str) -> Option<(Vec<String>, String, String)> {
+        if !self.created.contains(name) {
+            return None;
+        }
+        let node = self.graph.op(self.graph.producer(name)?.0)?;
+        if node.op_type() != "Einsum" {
+            return None;
+        }
+        let eq = node.attribute.iter().find(|a| a.name() == "equation")?.s.as_ref()?;
+        let (lhs, out) = std::str::from_utf8(eq).ok()?.split_once("->")?;
+        Some((node.input.clone(), lhs.to_string(), out.to_string()))
+    }
+
+    /// Removes nodes made here whose outputs nothing reads (left behind when a later
+    /// request was served by a different node). Returns how many.
+    pub fn remove_unused(&mut self) -> R<usize> {
+        let mut removed = 0;
+        loop {
+            let outputs: HashSet<&str> = self.graph.outputs().iter().map(|o| o.name()).collect();
+            let dead: Vec<TensorName> = self
+                .created
+                .iter()
+                .filter(|n| !outputs.contains(n.as_str()) && self.graph.producer(n).is_some())
+                .filter(|n| {
+                    let idx = self.graph.producer(n).expect("checked").0;
+                    let node = self.graph.op(idx).expect("made here");
+                    node.output
+                        .iter()
+                        .all(|o| o.is_empty() || (self.graph.consumers(o).is_empty() && !outputs.contains(o.as_str())))
+                })
+                .cloned()
+                .collect();
+            if dead.is_empty() {
+                return Ok(removed);
+            }
+            for n in dead {
+                let Some((idx, _)) = self.graph.producer(&n) else { continue };
+                let op = self.graph.op(idx).expect("made here").op_type().to_string();
+                self.graph.remove(idx)?;
+                if let Some(c) = self.counts.get_mut(&op) {
+                    *c -= 1;
+                }
+                removed += 1;
+            }
+        }
     }
     pub fn reshape(&mut self, a: &str, shape: &str) -> R<TensorName> {
         self.op("Reshape", &[a, shape], vec![])
@@ -213,16 +286,21 @@ impl Emitter {
         }
     }
 
-    /// A `Reshape` target producing `x`'s shape: a constant when at most one
-    /// dimension is unknown (it becomes -1), else `Shape(x)`.
-    pub fn reshape_target(&mut self, x: &str) -> R<TensorName> {
+    /// A `Reshape` target turning a tensor of shape `from` into `x`'s shape: a
+    /// constant where the dimensions allow it (numbers; 0, "copy", for a symbolic
+    /// dimension `from` has at the same position; -1 for one other), else `Shape(x)`.
+    pub fn reshape_target(&mut self, x: &str, from: Option<&[Dim]>) -> R<TensorName> {
         if let Some(dims) = self.shape(x) {
-            let unknown = dims.iter().filter(|d| known(d).is_none()).count();
-            if unknown <= 1 {
-                let v: Vec<i64> = dims.iter().map(|d| known(d).unwrap_or(-1)).collect();
-                if !v.contains(&0) {
-                    return self.ints(&v);
-                }
+            let mut v = vec![];
+            for (i, d) in dims.iter().enumerate() {
+                v.push(match (known(d), from.and_then(|f| f.get(i))) {
+                    (Some(n), _) if n > 0 => n,
+                    (None, Some(f)) if dims_equal(d, f) == Some(true) => 0,
+                    _ => -1,
+                });
+            }
+            if v.iter().filter(|&&n| n == -1).count() <= 1 {
+                return self.ints(&v);
             }
         }
         self.op("Shape", &[x], vec![])
@@ -230,8 +308,12 @@ impl Emitter {
 
     /// `g` reshaped to `x`'s shape.
     pub fn reshape_like(&mut self, g: &str, x: &str) -> R<TensorName> {
-        let target = self.reshape_target(x)?;
-        self.reshape(g, &target)
+        let from = self.shape(g);
+        let target = self.reshape_target(x, from.as_deref())?;
+        let out = self.reshape(g, &target)?;
+        let (dtype, shape) = (self.facts.dtype(g), self.shape(x));
+        self.facts.set(&out, dtype, shape);
+        Ok(out)
     }
 
     /// Zeros shaped and typed like `x`.
@@ -357,7 +439,11 @@ impl Emitter {
         let nz = self.op("NonZero", &[&mask], vec![])?;
         let flat = self.ints(&[-1])?;
         let axes = self.reshape(&nz, &flat)?;
-        let summed = self.op("ReduceSum", &[&name, &axes], vec![attr::int("keepdims", 1), attr::int("noop_with_empty_axes", 1)])?;
+        let summed = self.op(
+            "ReduceSum",
+            &[&name, &axes],
+            vec![attr::int("keepdims", 1), attr::int("noop_with_empty_axes", 1)],
+        )?;
         let out = self.reshape(&summed, &sx)?;
         let (dtype, shape) = (self.facts.dtype(x), self.shape(x));
         self.facts.set(&out, dtype, shape);
@@ -381,13 +467,24 @@ impl Emitter {
     }
 }
 
+/// The value of a one-element float constant from its bytes.
+fn single_float(dtype: i32, raw: &[u8]) -> Option<f64> {
+    match DataType::try_from(dtype).ok()? {
+        DataType::Float if raw.len() == 4 => Some(f32::from_le_bytes(raw.try_into().ok()?) as f64),
+        DataType::Double if raw.len() == 8 => Some(f64::from_le_bytes(raw.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// Little-endian bytes of `values` as element type `dtype` (floating types only).
 pub(crate) fn float_bytes(values: &[f64], dtype: i32) -> Option<Vec<u8>> {
     Some(match DataType::try_from(dtype).ok()? {
         DataType::Float => values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
         DataType::Double => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
         DataType::Float16 => values.iter().flat_map(|&v| f32_to_f16(v as f32).to_le_bytes()).collect(),
-        DataType::Bfloat16 => values.iter().flat_map(|&v| (((v as f32).to_bits() >> 16) as u16).to_le_bytes()).collect(),
+        DataType::Bfloat16 => {
+            values.iter().flat_map(|&v| (((v as f32).to_bits() >> 16) as u16).to_le_bytes()).collect()
+        }
         _ => return None,
     })
 }

@@ -35,7 +35,13 @@ impl Facts {
             let node = graph.op(idx).expect("ops_in_order yields ops");
             let inputs: Vec<Option<i32>> = node.input.iter().map(|i| facts.dtype(i)).collect();
             let dtype = propagate_dtype(node, &inputs);
-            for o in node.output.iter().filter(|o| !o.is_empty()) {
+            let shapes: Vec<Option<Vec<Dim>>> =
+                node.input.iter().map(|i| facts.shape(i).map(<[Dim]>::to_vec)).collect();
+            let shape = propagate_shape(node, &shapes);
+            if let Some(o) = node.output.first().filter(|o| !o.is_empty()) {
+                facts.fill(o, dtype, shape);
+            }
+            for o in node.output.iter().skip(1).filter(|o| !o.is_empty()) {
                 facts.fill(o, dtype, None);
             }
         }
@@ -111,6 +117,82 @@ pub(crate) fn propagate_dtype(node: &crate::onnx::proto::NodeProto, inputs: &[Op
     }
 }
 
+/// The output shape of an elementwise op from its inputs' (unary ops keep the shape,
+/// the others broadcast); `None` for other ops or unknown inputs.
+pub(crate) fn elementwise_shape(op: &str, inputs: &[Option<Vec<Dim>>]) -> Option<Vec<Dim>> {
+    const UNARY: &[&str] = &[
+        "Neg",
+        "Exp",
+        "Log",
+        "Sqrt",
+        "Reciprocal",
+        "Tanh",
+        "Sigmoid",
+        "Erf",
+        "Sign",
+        "Sin",
+        "Cos",
+        "Abs",
+        "Relu",
+        "Not",
+        "Cast",
+        "Identity",
+        "Softplus",
+    ];
+    const BROADCAST: &[&str] = &[
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Where",
+        "Sum",
+        "Max",
+        "Min",
+        "Equal",
+        "Less",
+        "LessOrEqual",
+        "Greater",
+        "GreaterOrEqual",
+        "And",
+        "Or",
+    ];
+    if UNARY.contains(&op) {
+        return inputs.first()?.clone();
+    }
+    if !BROADCAST.contains(&op) {
+        return None;
+    }
+    inputs.iter().try_fold(vec![], |acc: Vec<Dim>, s| broadcast(&acc, s.as_ref()?))
+}
+
+/// The first output's shape for ops whose shape is simple to tell, where tract
+/// could not (it has no `SoftmaxCrossEntropyLoss`, for one).
+fn propagate_shape(node: &crate::onnx::proto::NodeProto, inputs: &[Option<Vec<Dim>>]) -> Option<Vec<Dim>> {
+    let int_attr = |name: &str, default: i64| {
+        node.attribute.iter().find(|a| a.name() == name).and_then(|a| a.i).unwrap_or(default)
+    };
+    let reduction =
+        node.attribute.iter().find(|a| a.name() == "reduction").and_then(|a| a.s.as_ref()).map(|s| s.to_vec());
+    match node.op_type() {
+        "SoftmaxCrossEntropyLoss" | "NegativeLogLikelihoodLoss" => match reduction.as_deref() {
+            Some(b"none") => inputs.get(1).cloned().flatten(),
+            _ => Some(vec![]),
+        },
+        op if op.starts_with("Reduce") && inputs.len() == 1 => {
+            let rank = inputs[0].as_ref()?.len();
+            if int_attr("noop_with_empty_axes", 0) == 1 {
+                inputs[0].clone()
+            } else if int_attr("keepdims", 1) == 1 {
+                Some(vec![Dim::Known(1); rank])
+            } else {
+                Some(vec![])
+            }
+        }
+        op => elementwise_shape(op, inputs),
+    }
+}
+
 pub(crate) fn known(d: &Dim) -> Option<i64> {
     match d {
         Dim::Known(n) => Some(*n),
@@ -145,10 +227,7 @@ pub(crate) fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
 }
 
 pub(crate) fn is_float(dtype: i32) -> bool {
-    matches!(
-        DataType::try_from(dtype),
-        Ok(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16)
-    )
+    matches!(DataType::try_from(dtype), Ok(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16))
 }
 
 /// Dimensions as a declared shape, for graph outputs.

@@ -40,7 +40,9 @@ pub const MIN_OPSET: i64 = 18;
 pub enum AutodiffError {
     #[error("the loss '{0}' is not a value of the graph")]
     UnknownLoss(String),
-    #[error("the loss '{name}' must hold one element, but its shape is [{shape}]; pass seed gradients for a tensor loss")]
+    #[error(
+        "the loss '{name}' must hold one element, but its shape is [{shape}]; pass seed gradients for a tensor loss"
+    )]
     LossNotScalar { name: String, shape: String },
     #[error("'{0}' (asked for a gradient) is not a value of the graph")]
     UnknownTensor(String),
@@ -83,7 +85,10 @@ impl Default for GradOptions {
 impl GradOptions {
     /// Options matching a loaded model.
     pub fn for_model(model: &Model) -> GradOptions {
-        GradOptions { opset: default_opset(&model.proto.opset_import).unwrap_or(MIN_OPSET), model_dir: model.dir.clone() }
+        GradOptions {
+            opset: default_opset(&model.proto.opset_import).unwrap_or(MIN_OPSET),
+            model_dir: model.dir.clone(),
+        }
     }
 }
 

@@ -10,7 +10,14 @@ use crate::ir::Graph;
 use crate::onnx::make;
 
 const AXES_TO_INPUT: &[&str] = &[
-    "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
     "ReduceSumSquare",
 ];
 
@@ -30,7 +37,10 @@ pub(crate) fn raise(graph: &mut Graph, from: i64) -> Result<i64, AutodiffError> 
     for idx in graph.ops_in_order() {
         let node = graph.op(idx).expect("an op").clone();
         if node.op_type() == "RoiAlign" && from < 16 {
-            return Err(err(format!("node {}: RoiAlign's default coordinate mode changed in opset 16", graph.describe(idx))));
+            return Err(err(format!(
+                "node {}: RoiAlign's default coordinate mode changed in opset 16",
+                graph.describe(idx)
+            )));
         }
         if !AXES_TO_INPUT.contains(&node.op_type()) || !node.domain().is_empty() {
             continue;

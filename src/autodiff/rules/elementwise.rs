@@ -2,7 +2,7 @@
 
 use super::{Ctx, Grads, Rule, R};
 use crate::autodiff::emit::G;
-use std::f64::consts::{FRAC_2_SQRT_PI, FRAC_1_SQRT_2, PI};
+use std::f64::consts::{FRAC_1_SQRT_2, FRAC_2_SQRT_PI, PI};
 
 pub(super) const RULES: &[(&str, Rule)] = &[
     ("Add", add),
@@ -70,7 +70,7 @@ fn div(c: &mut Ctx) -> R<Grads> {
         None => c.when(0, |c| c.combine("Div", &g, &b, 0))?,
     };
     let db = c.when(1, |c| {
-        let t = c.combine("Div", &g, &b, 0)?;
+        let t = c.em.combine("Div", &g, &b, true, &y, &y)?;
         Ok(c.combine("Mul", &t, &y, 1)?.scaled(-1.0))
     })?;
     Ok(vec![da, db])
@@ -87,10 +87,10 @@ fn pow(c: &mut Ctx) -> R<Grads> {
     let g = c.dy_g(0)?;
     let (a, b, y) = (c.x(0), c.x(1), c.y(0));
     let da = match c.const_scalar(&b) {
-        Some(e) if e == 0.0 => None,
-        Some(e) if e == 1.0 => c.pass(0, &g)?,
-        Some(e) if e == 2.0 => c.when(0, |c| Ok(c.combine("Mul", &g, &a, 0)?.scaled(2.0)))?,
-        Some(e) if e == 0.5 => c.when(0, |c| Ok(c.combine("Div", &g, &y, 0)?.scaled(0.5)))?,
+        Some(0.0) => None,
+        Some(1.0) => c.pass(0, &g)?,
+        Some(2.0) => c.when(0, |c| Ok(c.combine("Mul", &g, &a, 0)?.scaled(2.0)))?,
+        Some(0.5) => c.when(0, |c| Ok(c.combine("Div", &g, &y, 0)?.scaled(0.5)))?,
         Some(e) => c.when(0, |c| {
             let k = c.scalar_like(e - 1.0, &a)?;
             let p = c.op("Pow", &[&a, &k], vec![])?;

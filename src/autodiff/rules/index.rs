@@ -5,7 +5,8 @@ use super::{Ctx, Grads, Rule, R};
 use crate::autodiff::emit::G;
 use crate::ir::attr;
 
-pub(super) const RULES: &[(&str, Rule)] = &[("Gather", gather), ("GatherElements", gather_elements), ("GatherND", gather_nd)];
+pub(super) const RULES: &[(&str, Rule)] =
+    &[("Gather", gather), ("GatherElements", gather_elements), ("GatherND", gather_nd)];
 
 fn add() -> Vec<crate::onnx::proto::AttributeProto> {
     vec![attr::string("reduction", "add")]

@@ -59,7 +59,8 @@ fn matmul(c: &mut Ctx) -> R<Grads> {
         return Ok(vec![da, db]);
     }
     if let Some((sa, sb, sy)) = subscripts(&sha, &shb) {
-        let einsum = |c: &mut Ctx, p: &str, q: &str, eq: String| c.op("Einsum", &[p, q], vec![attr::string("equation", &eq)]);
+        let einsum =
+            |c: &mut Ctx, p: &str, q: &str, eq: String| c.op("Einsum", &[p, q], vec![attr::string("equation", &eq)]);
         let da = c.when(0, |c| Ok(with(einsum(c, &g.name, &b, format!("{sy},{sb}->{sa}"))?)))?;
         let db = c.when(1, |c| Ok(with(einsum(c, &a, &g.name, format!("{sa},{sy}->{sb}"))?)))?;
         return Ok(vec![da, db]);
@@ -136,11 +137,14 @@ fn einsum(c: &mut Ctx) -> R<Grads> {
                 let others: Vec<usize> = (0..subs.len()).filter(|&j| j != i).collect();
                 let available: String = others.iter().map(|&j| subs[j].as_str()).chain([out.as_str()]).collect();
                 if let Some(ch) = subs[i].chars().find(|ch| !available.contains(*ch)) {
-                    return Err(c.unsupported(format!("equation '{eq}': index '{ch}' of operand {i} appears nowhere else")));
+                    return Err(
+                        c.unsupported(format!("equation '{eq}': index '{ch}' of operand {i} appears nowhere else"))
+                    );
                 }
                 let mut ins = vec![g.name.clone()];
                 ins.extend(others.iter().map(|&j| c.x(j)));
-                let terms: Vec<&str> = [out.as_str()].into_iter().chain(others.iter().map(|&j| subs[j].as_str())).collect();
+                let terms: Vec<&str> =
+                    [out.as_str()].into_iter().chain(others.iter().map(|&j| subs[j].as_str())).collect();
                 let equation = format!("{}->{}", terms.join(","), subs[i]);
                 let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
                 let name = c.op("Einsum", &refs, vec![attr::string("equation", &equation)])?;

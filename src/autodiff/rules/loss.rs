@@ -112,6 +112,7 @@ fn label_terms(c: &mut Ctx) -> R<(String, String)> {
         ("sum" | "none", None) => dy,
         (other, _) => return Err(c.unsupported(format!("reduction=\"{other}\""))),
     };
-    let factor = if reduction == "none" || weight.is_some() { c.op("Unsqueeze", &[&share, &one], vec![])? } else { share };
+    let factor =
+        if reduction == "none" || weight.is_some() { c.op("Unsqueeze", &[&share, &one], vec![])? } else { share };
     Ok((onehot, factor))
 }

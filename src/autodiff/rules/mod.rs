@@ -30,9 +30,18 @@ pub(crate) type Grads = Vec<Option<G>>;
 pub(crate) type Rule = fn(&mut Ctx) -> R<Grads>;
 
 fn tables() -> impl Iterator<Item = &'static (&'static str, Rule)> {
-    [elementwise::RULES, linalg::RULES, shape::RULES, index::RULES, reduce::RULES, nn::RULES, loss::RULES, scatter::RULES]
-        .into_iter()
-        .flatten()
+    [
+        elementwise::RULES,
+        linalg::RULES,
+        shape::RULES,
+        index::RULES,
+        reduce::RULES,
+        nn::RULES,
+        loss::RULES,
+        scatter::RULES,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// The rule for a default-domain op type.
@@ -50,9 +59,32 @@ pub fn known_ops() -> Vec<&'static str> {
 /// Ops whose outputs have a zero gradient (piecewise constant, or integer/boolean
 /// valued): they end the gradient path instead of needing a rule.
 pub(crate) const ZERO_GRAD: &[&str] = &[
-    "Shape", "Size", "NonZero", "ArgMax", "ArgMin", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not",
-    "And", "Or", "Xor", "IsNaN", "IsInf", "Floor", "Ceil", "Round", "Sign", "EyeLike", "RandomNormalLike",
-    "RandomUniformLike", "Bernoulli", "Multinomial", "ConstantOfShape",
+    "Shape",
+    "Size",
+    "NonZero",
+    "ArgMax",
+    "ArgMin",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "IsNaN",
+    "IsInf",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "EyeLike",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Bernoulli",
+    "Multinomial",
+    "ConstantOfShape",
 ];
 
 /// What a rule works with. Derefs to the [`Emitter`] for emitting nodes.

@@ -15,7 +15,14 @@ pub(super) const RULES: &[(&str, Rule)] = &[
     ("GlobalAveragePool", global_average_pool),
 ];
 
-/// dX = Y·(dY - Σ dY·Y) along the axis
+/// `k·(a - b)` as a gradient; a negative factor swaps the operands instead of
+/// staying to be applied later.
+fn difference(c: &mut Ctx, k: f64, a: &str, b: &str) -> R<G> {
+    let (a, b, k) = if k < 0.0 { (b, a, -k) } else { (a, b, k) };
+    Ok(G { name: c.sub(a, b)?, scale: k, bshape: None })
+}
+
+/// dX = dY·Y - Y·Σ dY·Y along the axis
 fn softmax(c: &mut Ctx) -> R<Grads> {
     let y = c.y(0);
     let axis = c.attr_int("axis", -1);
@@ -24,7 +31,7 @@ fn softmax(c: &mut Ctx) -> R<Grads> {
         let gy = c.mul(&g.name, &y)?;
         let s = c.reduce_sum(&gy, &[axis], true)?;
         let ys = c.mul(&y, &s)?;
-        Ok(G { name: c.sub(&gy, &ys)?, ..g.clone() })
+        difference(c, g.scale, &gy, &ys)
     })?])
 }
 
@@ -37,7 +44,7 @@ fn log_softmax(c: &mut Ctx) -> R<Grads> {
         let s = c.reduce_sum(&g.name, &[axis], true)?;
         let p = c.unary("Exp", &y)?;
         let ps = c.mul(&p, &s)?;
-        Ok(G { name: c.sub(&g.name, &ps)?, ..g.clone() })
+        difference(c, g.scale, &g.name, &ps)
     })?])
 }
 
@@ -65,7 +72,12 @@ fn layer_norm(c: &mut Ctx) -> R<Grads> {
         }
         None => {
             let shape = c.op("Shape", &[&x], vec![attr::int("start", axis)])?;
-            let one = crate::onnx::make::tensor_raw("value", dtype.try_into().unwrap_or_default(), &[1], float_bytes(&[1.0], dtype).unwrap_or_default());
+            let one = crate::onnx::make::tensor_raw(
+                "value",
+                dtype.try_into().unwrap_or_default(),
+                &[1],
+                float_bytes(&[1.0], dtype).unwrap_or_default(),
+            );
             c.op("ConstantOfShape", &[&shape], vec![attr::tensor("value", one)])?
         }
     };
@@ -75,7 +87,10 @@ fn layer_norm(c: &mut Ctx) -> R<Grads> {
         attr::int("stash_type", c.attr_int("stash_type", 1)),
     ];
     let norm = c.node("LayerNormalization", &[&x, &ones], attrs, 3)?;
-    let (xhat, inv) = (norm[0].clone(), norm[2].clone());
+    let xhat = norm[0].clone();
+    // InvStdDev has the stash type (float32 unless stash_type says otherwise).
+    let stash = c.attr_int("stash_type", 1) as i32;
+    let inv = if stash == dtype { norm[2].clone() } else { c.cast(&norm[2], dtype)? };
     c.note_shape(&xhat, &x, c.shape(&x));
     let dx = c.when(0, |c| {
         let gs = c.mul(&g.name, &scale)?;
@@ -224,7 +239,10 @@ fn conv(c: &mut Ctx) -> R<Grads> {
         let z = c.op("Conv", &[&xt, &gt], attrs)?;
         let dw = c.transpose(&z, &swap)?;
         let got: Vec<i64> = (0..n)
-            .map(|i| (geo.xs[i] + geo.pads[i] + geo.pads[i + n] - (geo.ys[i] - 1) * geo.strides[i] - 1) / geo.dilations[i] + 1)
+            .map(|i| {
+                (geo.xs[i] + geo.pads[i] + geo.pads[i + n] - (geo.ys[i] - 1) * geo.strides[i] - 1) / geo.dilations[i]
+                    + 1
+            })
             .collect();
         let name = if got == geo.kernel {
             dw
@@ -282,6 +300,7 @@ fn global_average_pool(c: &mut Ctx) -> R<Grads> {
     let Some(area) = xs[2..].iter().map(known).product::<Option<i64>>() else {
         return Err(c.unsupported("spatial dimensions not known at compile time"));
     };
-    let small: Vec<_> = xs[..2].iter().cloned().chain(xs[2..].iter().map(|_| crate::runtime::tract::Dim::Known(1))).collect();
+    let small: Vec<_> =
+        xs[..2].iter().cloned().chain(xs[2..].iter().map(|_| crate::runtime::tract::Dim::Known(1))).collect();
     Ok(vec![c.need(0).then(|| G { bshape: Some(small), ..g.clone().scaled(1.0 / area as f64) })])
 }

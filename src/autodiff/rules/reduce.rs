@@ -39,7 +39,11 @@ fn kept(c: &mut Ctx) -> R<Option<(G, String)>> {
             (Some(ax), Some(xs), Some(ys)) => {
                 let ax: Vec<usize> = ax.iter().map(|&a| c.norm_axis(a, xs.len()) as usize).collect();
                 let mut rest = ys.into_iter();
-                Some((0..xs.len()).map(|i| if ax.contains(&i) { Dim::Known(1) } else { rest.next().unwrap_or(Dim::Unknown) }).collect())
+                Some(
+                    (0..xs.len())
+                        .map(|i| if ax.contains(&i) { Dim::Known(1) } else { rest.next().unwrap_or(Dim::Unknown) })
+                        .collect(),
+                )
             }
             _ => None,
         };
@@ -101,13 +105,20 @@ fn reduce_mean(c: &mut Ctx) -> R<Grads> {
     if let Some(n) = count(c, &x, &y) {
         return Ok(vec![Some(g.scaled(1.0 / n))]);
     }
-    let (sx, sy) = (c.op("Size", &[&x], vec![])?, c.op("Size", &[&y], vec![])?);
-    let n = c.div(&sx, &sy)?;
+    // n = numel(X) / numel(Y), read at run time (numel(Y) folded in when known).
+    let sx = c.op("Size", &[&x], vec![])?;
+    let (n, scale) = match c.static_shape_of(&y) {
+        Some(d) => (sx, d.iter().product::<i64>() as f64),
+        None => {
+            let sy = c.op("Size", &[&y], vec![])?;
+            (c.div(&sx, &sy)?, 1.0)
+        }
+    };
     let dtype = c.dtype(&x)?;
     let n = c.cast(&n, dtype)?;
     let name = c.div(&g.name, &n)?;
     c.note_shape(&name, &x, g.bshape.clone());
-    Ok(vec![Some(G { name, ..g })])
+    Ok(vec![Some(G { name, ..g.scaled(scale) })])
 }
 
 /// dX = dY where X equals the extremum (every tied element gets it)

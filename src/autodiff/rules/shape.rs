@@ -31,7 +31,8 @@ fn squeeze(c: &mut Ctx) -> R<Grads> {
     let (x, axes) = (c.x(0), c.x(1));
     let g = c.dy_exact(0)?;
     Ok(vec![c.when(0, |c| {
-        let name = if axes.is_empty() { c.reshape_like(&g.name, &x)? } else { c.op("Unsqueeze", &[&g.name, &axes], vec![])? };
+        let name =
+            if axes.is_empty() { c.reshape_like(&g.name, &x)? } else { c.op("Unsqueeze", &[&g.name, &axes], vec![])? };
         Ok(G { name, ..g.clone() })
     })?])
 }
@@ -156,24 +157,26 @@ fn slice_pads(c: &Ctx) -> R<Option<Vec<i64>>> {
 }
 
 /// dX for any slice: the flat positions the slice picks from X (the same `Slice`
-/// applied to `Range(numel)` shaped like X) receive dY; the rest stays zero.
+/// applied to 0, 1, 2, … shaped like X) receive dY; the rest stays zero. The
+/// positions come from a `CumSum` of ones rather than a `Range`, so that shape
+/// inference can follow them.
 fn scatter_back(c: &mut Ctx, g: &str, x: &str) -> R<String> {
-    let dtype = c.dtype(x)?;
-    let shape = c.op("Shape", &[x], vec![])?;
-    let numel = c.op("Size", &[x], vec![])?;
-    let (zero, one) = (c.int_scalar(0)?, c.int_scalar(1)?);
-    let range = c.op("Range", &[&zero, &numel, &one], vec![])?;
-    let index = c.reshape(&range, &shape)?;
-    let mut ins: Vec<String> = vec![index];
+    let shape = c.shape_of(x)?;
+    let one = crate::onnx::make::tensor_i64("value", &[1], &[1]);
+    let ones = c.op("ConstantOfShape", &[&shape], vec![attr::tensor("value", one)])?;
+    let flat = c.ints(&[-1])?;
+    let ones = c.reshape(&ones, &flat)?;
+    let axis = c.int_scalar(0)?;
+    let positions = c.op("CumSum", &[&ones, &axis], vec![attr::int("exclusive", 1)])?;
+    let positions = c.reshape(&positions, &shape)?;
+    let mut ins: Vec<String> = vec![positions];
     ins.extend((1..c.node.input.len()).map(|i| c.x(i)));
     let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
     let picked = c.op("Slice", &refs, vec![])?;
-    let flat = c.ints(&[-1])?;
     let picked = c.reshape(&picked, &flat)?;
     let values = c.reshape(g, &flat)?;
-    let len = c.ints(&[1])?;
-    let numel1 = c.reshape(&numel, &len)?;
-    let zeros = c.zeros(&numel1, dtype)?;
+    let zeros = c.zeros_like(x)?;
+    let zeros = c.reshape(&zeros, &flat)?;
     let scattered = c.op("ScatterElements", &[&zeros, &picked, &values], vec![attr::int("axis", 0)])?;
     c.reshape(&scattered, &shape)
 }
