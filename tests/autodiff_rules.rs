@@ -286,6 +286,7 @@ fn cases() -> Vec<Case> {
             vec![var(&[3, 4]), In::Ints(vec![3, 2], vec![0, 2, 3, 1, 1, -4]), var(&[3, 2])],
         )
         .attr(i("axis", 1)),
+        case("scatter_nd_rows", "ScatterND", vec![var(&[4, 3]), In::Ints(vec![2, 1], vec![2, 0]), var(&[2, 3])]),
         case("gather_nd", "GatherND", vec![var(&[4, 3, 2]), In::Ints(vec![3, 2], vec![0, 1, 2, 2, 0, 1])]),
         // reductions
         case("reduce_sum_keep", "ReduceSum", vec![var(&[2, 3, 4]), ints(&[1])]),

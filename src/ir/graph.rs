@@ -443,6 +443,49 @@ impl Graph {
         Ok(())
     }
 
+    /// Renames the value `old` to the unused name `new`: its definition, every reader
+    /// and graph output follow.
+    pub fn rename_value(&mut self, old: &str, new: &str) -> Result<(), IrError> {
+        self.ensure_free(new)?;
+        let (src, slot) =
+            self.producer(old).ok_or_else(|| IrError::Misuse(format!("'{old}' is not a value of the graph")))?;
+        let edges: Vec<_> = self
+            .g
+            .edges_directed(src, Direction::Outgoing)
+            .filter(|e| e.weight().name == old)
+            .map(|e| e.id())
+            .collect();
+        if let Some(&e) = edges.iter().find(|&&e| self.g[e].to_slot.is_none()) {
+            let reader = self.g.edge_endpoints(e).expect("edge exists").1;
+            return Err(IrError::Misuse(format!(
+                "cannot rename '{old}': a subgraph of {} reads it by name",
+                self.describe(reader)
+            )));
+        }
+        match self.g.node_weight_mut(src) {
+            Some(Node::Op { proto, .. }) => proto.output[slot] = new.to_string(),
+            _ => return Err(IrError::Misuse(format!("only op outputs can be renamed, not '{old}'"))),
+        }
+
+        for e in edges {
+            let (_, target) = self.g.edge_endpoints(e).expect("edge exists");
+            let to_slot = self.g[e].to_slot;
+            self.g[e].name = new.to_string();
+            if let (Some(slot), Some(Node::Op { proto, .. })) = (to_slot, self.g.node_weight_mut(target)) {
+                proto.input[slot] = new.to_string();
+            }
+        }
+        for o in &mut self.outputs {
+            if o.name() == old {
+                o.name = Some(new.to_string());
+            }
+        }
+        self.producer.remove(old);
+        self.producer.insert(new.to_string(), (src, slot));
+        self.taken.insert(new.to_string());
+        Ok(())
+    }
+
     /// Removes an op or initializer; none of its outputs may still be read.
     pub fn remove(&mut self, idx: NodeIndex) -> Result<(), IrError> {
         if let Some(e) = self.g.edges_directed(idx, Direction::Outgoing).next() {

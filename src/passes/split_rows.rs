@@ -5,10 +5,12 @@
 //! `<bias>.rows` for the matching bias elements); the frozen weight stays an
 //! initializer, never a graph output, so it cannot change.
 //!
-//! The layer's output is computed twice: `Y = op(X, W)` with the frozen weight, and
-//! `Y_S = op(X, W.rows)` for the selected neurons only, then `Y_S` is scattered over
-//! `Y`'s neuron axis. The generic gradient rules then give `dW.rows = Xᵀ · Gather(dY, S)`,
-//! k/out of a full weight gradient, and no copy of the full weight is ever made.
+//! For `MatMul` the rows are scattered into the weight, `W' = Scatter(W, S, W.rows)`,
+//! and the layer runs unchanged on `W'`; the scatter's gradient rule then computes
+//! `dW.rows = Xᵀ · dY[..., S]` (k/out of a full weight gradient) without ever forming
+//! the full one. For `Gemm` and `Conv` the layer's output is computed twice: with the
+//! frozen weight, and `op(X, W.rows)` for the selected neurons only, scattered over the
+//! output's neuron axis under the original output name.
 
 use super::{refuse, PassError};
 use crate::analyze::{Layer, LayerKind, WeightSource};
@@ -131,8 +133,24 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
         None => None,
     };
     let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    for node in users {
-        rewrite_use(graph, node, layer, &rows_name, bias_rows.as_deref(), &selected)?;
+    if layer.kind == LayerKind::MatMul {
+        // W' = ScatterElements(W, S broadcast over rows, W.rows): columns S replaced.
+        let s = graph.const_i64_tensor(&format!("{w}.selected"), &[1, k], &selected);
+        let shape = graph.add1("Shape", &[&rows_name], vec![], &format!("{w}.rows_shape"))?;
+        let idx = graph.add1("Expand", &[&s, &shape], vec![], &format!("{w}.selected_index"))?;
+        let merged = graph.add1(
+            "ScatterElements",
+            &[w, &idx, &rows_name],
+            vec![attr::int("axis", 1)],
+            &format!("{w}.merged"),
+        )?;
+        for node in users {
+            graph.set_input(node, 1, &merged)?;
+        }
+    } else {
+        for node in users {
+            rewrite_use(graph, node, layer, &rows_name, bias_rows.as_deref(), &selected)?;
+        }
     }
     // A MatMul's bias lives in the Add after it: scatter the trainable elements in.
     if let (LayerKind::MatMul, Some(b), Some(b_rows)) = (layer.kind, &layer.bias, &bias_rows) {
@@ -156,9 +174,7 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
 }
 
 /// Rows of a MatMul weight `W [in, out]` along its input axis (the down projection's
-/// part of a gated-MLP unit): `Y' = X·W + Gather(X, S)·(W.rows − Gather(W, S))`. The
-/// correction is exactly zero until the rows move, and `dW.rows = Gather(X, S)ᵀ · dY`
-/// costs k/in of a full weight gradient.
+/// part of an MLP unit): `W' = ScatterND(W, S, W.rows)` replaces whole rows.
 fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Trainable, PassError> {
     let w = layer.weight.clone();
     let users = splittable_uses(graph, layer)?;
@@ -168,16 +184,10 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
     let dims: Vec<DimSpec> = shape.iter().map(|&d| d.into()).collect();
     graph.add_input(make::value_info(&rows_name, DataType::Float, &dims))?;
     let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let idx = graph.const_i64s(&format!("{w}.selected"), &selected);
-    let frozen = graph.add1("Gather", &[&w, &idx], vec![attr::int("axis", 0)], &format!("{w}.frozen_rows"))?;
-    let change = graph.add1("Sub", &[&rows_name, &frozen], vec![], &format!("{w}.change"))?;
+    let idx = graph.const_i64_tensor(&format!("{w}.selected"), &[selected.len() as i64, 1], &selected);
+    let merged = graph.add1("ScatterND", &[&w, &idx, &rows_name], vec![], &format!("{w}.merged"))?;
     for node in users {
-        let proto = graph.op(node).cloned().expect("a layer use is an op");
-        let (x, y) = (proto.input[0].clone(), proto.output[0].clone());
-        let xs = graph.add1("Gather", &[&x, &idx], vec![attr::int("axis", -1)], &format!("{x}.selected"))?;
-        let delta = graph.add1("MatMul", &[&xs, &change], vec![], &format!("{y}.delta"))?;
-        let merged = graph.add1("Add", &[&y, &delta], vec![], &format!("{y}.merged"))?;
-        graph.replace_uses(&y, &merged, &[])?;
+        graph.set_input(node, 1, &merged)?;
     }
     Ok(Trainable {
         name: rows_name,
@@ -237,8 +247,12 @@ fn rewrite_use(
     let idx_name = graph.const_i64_tensor(&format!("{}.selected", layer.weight), &idx_shape, selected);
     let shape = graph.add1("Shape", &[&y_sel], vec![], "selected_shape")?;
     let idx = graph.add1("Expand", &[&idx_name, &shape], vec![], "selected_index")?;
-    let merged =
-        graph.add1("ScatterElements", &[&y, &idx, &y_sel], vec![attr::int("axis", axis)], &format!("{y}.merged"))?;
-    graph.replace_uses(&y, &merged, &[graph.producer(&merged).unwrap().0])?;
+    // The merged value takes over the name `y`, so graph outputs keep their names.
+    let frozen = graph.fresh_name(&format!("{y}.frozen"));
+    graph.rename_value(&y, &frozen)?;
+    let scatter =
+        crate::onnx::make::node("ScatterElements", &[&frozen, &idx, &y_sel], &[&y], vec![attr::int("axis", axis)]);
+    let merged = graph.add_op(scatter)?;
+    graph.replace_uses(&frozen, &y, &[merged])?;
     Ok(())
 }

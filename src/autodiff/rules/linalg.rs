@@ -1,6 +1,7 @@
 //! Matrix products. `Y = A·B` gives `dA = dY·Bᵀ`, `dB = Aᵀ·dY`, written as one
 //! `Einsum` each (no `Transpose`; batch dimensions that `A` and `B` do not share are
-//! summed inside it) or a `Gemm` with transpose flags for 2-D operands.
+//! summed inside it), a `Gemm` with transpose flags for 2-D operands, and a `Gemm` on
+//! flattened rows for the weight gradient of a batched linear layer.
 
 use super::{Ctx, Grads, Rule, R};
 use crate::autodiff::emit::G;
@@ -57,6 +58,24 @@ fn matmul(c: &mut Ctx) -> R<Grads> {
         let da = c.when(0, |c| Ok(with(gemm(c, &g.name, &b, 0, 1)?)))?;
         let db = c.when(1, |c| Ok(with(gemm(c, &a, &g.name, 1, 0)?)))?;
         return Ok(vec![da, db]);
+    }
+    // A batched activation times a 2-D weight (every linear layer of a transformer):
+    // the weight gradient flattens the batch dimensions into rows and is one Gemm,
+    // which ONNX Runtime runs several times faster than the equivalent Einsum
+    // contracting over two batch axes. dA stays one Einsum (no reshapes needed).
+    if sha.len() >= 3 && shb.len() == 2 && c.need(1) {
+        if let (Dim::Known(k), Dim::Known(n), Some((sa, sb, sy))) = (&shb[0], &shb[1], subscripts(&sha, &shb)) {
+            let (k, n) = (*k, *n);
+            let da = c.when(0, |c| {
+                let eq = format!("{sy},{sb}->{sa}");
+                Ok(with(c.op("Einsum", &[&g.name, &b], vec![attr::string("equation", &eq)])?))
+            })?;
+            let (rows_k, rows_n) = (c.ints(&[-1, k])?, c.ints(&[-1, n])?);
+            let flat_a = c.reshape(&a, &rows_k)?;
+            let flat_g = c.reshape(&g.name, &rows_n)?;
+            let db = Some(with(c.op("Gemm", &[&flat_a, &flat_g], vec![attr::int("transA", 1)])?));
+            return Ok(vec![da, db]);
+        }
     }
     if let Some((sa, sb, sy)) = subscripts(&sha, &shb) {
         let einsum =
