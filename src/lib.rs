@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod cli;
 pub mod compile;
 pub mod data;
+pub mod demo;
 pub mod fsutil;
 pub mod inspect;
 pub mod ir;
