@@ -66,7 +66,7 @@ fn mlp_with_cross_entropy_every_weight() {
 }
 
 #[test]
-fn decoder_block_every_weight_and_backward_under_2x() {
+fn decoder_block_every_weight_and_backward_under_2_2x() {
     let mut rng = Rng(2);
     let model = build::decoder(SMALL, DataType::Double, &mut rng);
     let feeds =
@@ -77,7 +77,10 @@ fn decoder_block_every_weight_and_backward_under_2x() {
     assert_close(&c, "decoder");
     let (fw, bw) = (c.report.forward_ops(), c.report.backward_ops());
     eprintln!("{}", c.report);
-    assert!(bw < 2 * fw, "backward {bw} ops, forward {fw}: not under 2x");
+    // Lean, not minimal: each linear layer's gradients are two Gemms on flattened rows
+    // plus two Reshapes (free: no copy), because ONNX Runtime runs one-node Einsums
+    // 2x (CPU) to 20x (CUDA) slower; that costs the 2x node-count aim ~10%.
+    assert!(bw * 10 < 22 * fw, "backward {bw} ops, forward {fw}: not under 2.2x");
     if std::env::var_os("NEFT_AD_VERBOSE").is_some() {
         for n in c
             .grad_model

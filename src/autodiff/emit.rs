@@ -211,6 +211,16 @@ impl Emitter {
     /// `Transpose(a)`; when `a` is an `Einsum` made here, an `Einsum` writing the
     /// permuted output directly (the first one is removed if nothing else reads it).
     pub fn transpose(&mut self, a: &str, perm: &[i64]) -> R<TensorName> {
+        // Transposing a transpose back: the original tensor (e.g. K for Q·Kᵀ).
+        if let Some(node) = self.graph.producer(a).and_then(|(i, _)| self.graph.op(i)) {
+            let first = node.attribute.iter().find(|x| x.name() == "perm").map(|x| x.ints.clone());
+            if node.op_type() == "Transpose" && first.as_ref().is_some_and(|f| f.len() == perm.len()) {
+                let first = first.unwrap();
+                if perm.iter().enumerate().all(|(i, &p)| first[p as usize] == i as i64) {
+                    return Ok(node.input[0].clone());
+                }
+            }
+        }
         if let Some((inputs, lhs, out)) = self.einsum_parts(a) {
             if out.len() == perm.len() {
                 let permuted: String = perm.iter().map(|&p| out.as_bytes()[p as usize] as char).collect();
