@@ -5,10 +5,37 @@
 
 use super::{Ctx, Grads, Rule, R};
 use crate::autodiff::emit::G;
+use crate::autodiff::facts::dims_equal;
 use crate::ir::attr;
 use crate::runtime::tract::Dim;
 
 pub(super) const RULES: &[(&str, Rule)] = &[("MatMul", matmul), ("Gemm", gemm), ("Einsum", einsum)];
+
+const BATCH_LETTERS: &str = "abcdefghijopqrstuvw";
+
+/// Einsum subscripts of A, B and Y for `MatMul(A, B)`, when no batch dimension is
+/// broadcast (size 1 against a larger one), which Einsum cannot express.
+fn subscripts(a: &[Dim], b: &[Dim]) -> Option<(String, String, String)> {
+    let (ba, bb) = (a.len().saturating_sub(2), b.len().saturating_sub(2));
+    let nb = ba.max(bb);
+    let letters: Vec<char> = BATCH_LETTERS.chars().take(nb).collect();
+    if letters.len() < nb {
+        return None;
+    }
+    for i in 0..nb {
+        let da = (i >= nb - ba).then(|| &a[i - (nb - ba)]);
+        let db = (i >= nb - bb).then(|| &b[i - (nb - bb)]);
+        if let (Some(x), Some(y)) = (da, db) {
+            if dims_equal(x, y) != Some(true) {
+                return None;
+            }
+        }
+    }
+    let batch = |n: usize| letters[nb - n..].iter().collect::<String>();
+    let m = if a.len() >= 2 { "m" } else { "" };
+    let n = if b.len() >= 2 { "n" } else { "" };
+    Some((format!("{}{m}k", batch(ba)), format!("{}k{n}", batch(bb)), format!("{}{m}{n}", batch(nb))))
+}
 
 /// dA = dY·Bᵀ, dB = Aᵀ·dY
 fn matmul(c: &mut Ctx) -> R<Grads> {
@@ -52,6 +79,18 @@ fn matmul(c: &mut Ctx) -> R<Grads> {
             })?;
             return Ok(vec![da, db]);
         }
+    }
+    // A vector operand (rank 1): one Einsum each, which spells the implied axes.
+    if sha.len() == 1 || shb.len() == 1 {
+        if let Some((sa, sb, sy)) = subscripts(&sha, &shb) {
+            let einsum = |c: &mut Ctx, p: &str, q: &str, eq: String| {
+                c.op("Einsum", &[p, q], vec![attr::string("equation", &eq)])
+            };
+            let da = c.when(0, |c| Ok(with(einsum(c, &g.name, &b, format!("{sy},{sb}->{sa}"))?)))?;
+            let db = c.when(1, |c| Ok(with(einsum(c, &a, &g.name, format!("{sa},{sy}->{sb}"))?)))?;
+            return Ok(vec![da, db]);
+        }
+        return Err(c.unsupported("a vector operand with broadcast batch dimensions"));
     }
     // Batched products (attention): MatMul against the transposed operand, then a sum
     // over broadcast batch axes where there are any.
