@@ -16,9 +16,13 @@ pub struct CompileArgs {
     /// Output folder for the artifacts (replaced if it holds earlier artifacts).
     #[arg(short, long)]
     pub out: PathBuf,
-    /// The neurons to train, as written by `neft select` (format in README.md).
+    /// The neurons to train, as written by `neft select` (format in README.md). Without
+    /// it, neurons are selected first (--strategy, --budget, --data, ...), and
+    /// OUT/neurons.json and OUT/neurons.svg record the selection.
     #[arg(long)]
-    pub neurons: PathBuf,
+    pub neurons: Option<PathBuf>,
+    #[command(flatten)]
+    pub selection: crate::select::cli::SelectionArgs,
     /// split: only selected rows are parameters; mask: whole weights with 0/1 masks (the
     /// paper's way); full: whole weights of the listed layers, rows ignored (baseline).
     #[arg(long, default_value = "split")]
@@ -53,7 +57,13 @@ pub struct CompileArgs {
 
 pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
     let model = crate::onnx::load(&args.model)?;
-    let neurons = NeuronSet::load(&args.neurons)?;
+    let (neurons, selection) = match &args.neurons {
+        Some(path) => (NeuronSet::load(path)?, None),
+        None => {
+            let sel = crate::select::cli::select_for_compile(&model, &args.selection, args.unit, &args.loss)?;
+            (sel.neurons.clone(), Some(sel))
+        }
+    };
     let optimizer = match args.optimizer.as_str() {
         "sgd" => Optimizer::Sgd { momentum: args.momentum, weight_decay: args.weight_decay },
         _ => Optimizer::adamw(args.weight_decay),
@@ -71,6 +81,12 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
     };
     let t0 = std::time::Instant::now();
     let plan = compile(&model, &neurons, &opts, &args.out)?;
+    if let Some(sel) = &selection {
+        crate::select::cli::write_selection(&args.out.join("neurons.json"), sel)?;
+        if !args.json {
+            crate::select::cli::print_summary(sel);
+        }
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(());

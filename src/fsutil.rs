@@ -31,3 +31,15 @@ pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut io::BufWriter<File>) -> 
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
+
+/// Hard-links `src` to `dst` (creating `dst`'s folder), or copies it when the two are
+/// on different file systems: the way large weight files are shared, never duplicated.
+pub fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if std::fs::hard_link(src, dst).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(src, dst).map(|_| ())
+}

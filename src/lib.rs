@@ -1,6 +1,7 @@
 //! neft: neuron-level fine-tuning (NeFT) compiled into ONNX graphs and run on stock
 //! ONNX Runtime. See README.md for the flow; each module owns one stage of it.
 
+pub mod adapter;
 pub mod analyze;
 pub mod artifact;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod models;
 pub mod onnx;
 pub mod optim;
 pub mod passes;
+pub mod profile;
 pub mod runtime;
 pub mod select;
 pub mod train;

@@ -2,6 +2,7 @@
 //! atomically, read back with every name and shape checked.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,13 @@ impl StateTensor {
     }
 }
 
+/// Where a tensor's bytes come from when a state is written.
+enum Source<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+    Zeros,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     pub tensors: BTreeMap<String, StateTensor>,
@@ -41,35 +49,67 @@ pub enum StateError {
 
 impl State {
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        self.save_with_zeros(path, &[])
+    }
+
+    /// Saves the tensors plus FLOAT tensors of zeros named in `zeros` (optimizer moments
+    /// at the start), streamed to the file: nothing is copied or allocated for them, so
+    /// a multi-gigabyte state costs no more memory than its non-zero tensors.
+    pub fn save_with_zeros(&self, path: &Path, zeros: &[(String, Vec<usize>)]) -> Result<(), StateError> {
         let file = path.display().to_string();
-        let raw: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = self
+        let mut entries: Vec<(&str, &str, &[usize], Source)> = self
             .tensors
             .iter()
-            .map(|(name, t)| match t {
-                StateTensor::F32 { shape, data } => (
-                    name.clone(),
-                    safetensors::Dtype::F32,
-                    shape.clone(),
-                    data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
-                StateTensor::I64 { shape, data } => (
-                    name.clone(),
-                    safetensors::Dtype::I64,
-                    shape.clone(),
-                    data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                ),
+            .map(|(n, t)| match t {
+                StateTensor::F32 { shape, data } => (n.as_str(), "F32", shape.as_slice(), Source::F32(data)),
+                StateTensor::I64 { shape, data } => (n.as_str(), "I64", shape.as_slice(), Source::I64(data)),
             })
             .collect();
-        let views = raw
-            .iter()
-            .map(|(n, dt, shape, bytes)| {
-                Ok((n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)?))
-            })
-            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-            .map_err(|e| StateError::Format { file: file.clone(), why: e.to_string() })?;
-        let bytes = safetensors::serialize(views, Some(self.metadata.clone()))
-            .map_err(|e| StateError::Format { file: file.clone(), why: e.to_string() })?;
-        crate::fsutil::write_bytes_atomic(path, &bytes).map_err(|source| StateError::Io { file, source })
+        entries.extend(zeros.iter().map(|(n, shape)| (n.as_str(), "F32", shape.as_slice(), Source::Zeros)));
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(StateError::Format { file, why: format!("tensor '{}' is given twice", w[0].0) });
+        }
+        // The safetensors layout: header length (u64 LE), JSON header padded with
+        // spaces to a multiple of 8, then every tensor's bytes back to back.
+        let mut header = serde_json::Map::new();
+        let mut offset = 0usize;
+        for (name, dtype, shape, _) in &entries {
+            let bytes = shape.iter().product::<usize>() * if *dtype == "I64" { 8 } else { 4 };
+            header.insert(
+                name.to_string(),
+                serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes] }),
+            );
+            offset += bytes;
+        }
+        if !self.metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::to_value(&self.metadata).expect("strings"));
+        }
+        let mut text = serde_json::to_string(&header).expect("serializable");
+        while text.len() % 8 != 0 {
+            text.push(' ');
+        }
+        crate::fsutil::write_atomic(path, |w| {
+            w.write_all(&(text.len() as u64).to_le_bytes())?;
+            w.write_all(text.as_bytes())?;
+            for (_, _, shape, source) in &entries {
+                match source {
+                    Source::F32(d) => d.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?,
+                    Source::I64(d) => d.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))?,
+                    Source::Zeros => {
+                        let zeros = [0u8; 1 << 16];
+                        let mut left = shape.iter().product::<usize>() * 4;
+                        while left > 0 {
+                            let n = left.min(zeros.len());
+                            w.write_all(&zeros[..n])?;
+                            left -= n;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(|source| StateError::Io { file, source })
     }
 
     pub fn load(path: &Path) -> Result<State, StateError> {

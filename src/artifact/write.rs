@@ -6,7 +6,7 @@ use crate::onnx::proto::tensor_proto::DataLocation;
 use crate::onnx::proto::{ModelProto, TensorProto};
 use crate::onnx::{self, ExternalWriter, Model, OnnxError};
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Initializers at least this large go to the shared weights file.
 const EXTERNAL_MIN_BYTES: usize = 1024;
@@ -36,6 +36,7 @@ pub fn write_artifacts(
     source: &Model,
     mut graphs: Graphs,
     state: &State,
+    zeros: &[(String, Vec<usize>)],
     plan: &Plan,
 ) -> Result<(), ArtifactError> {
     check_target(out)?;
@@ -45,7 +46,7 @@ pub fn write_artifacts(
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| dir_err(&tmp, e))?;
-    let result = fill(&tmp, source, &mut graphs, state, plan).and_then(|_| swap_into_place(&tmp, out));
+    let result = fill(&tmp, source, &mut graphs, state, zeros, plan).and_then(|_| swap_into_place(&tmp, out));
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -81,17 +82,28 @@ fn swap_into_place(tmp: &Path, out: &Path) -> Result<(), ArtifactError> {
     Ok(())
 }
 
-fn fill(dir: &Path, source: &Model, graphs: &mut Graphs, state: &State, plan: &Plan) -> Result<(), ArtifactError> {
+fn fill(
+    dir: &Path,
+    source: &Model,
+    graphs: &mut Graphs,
+    state: &State,
+    zeros: &[(String, Vec<usize>)],
+    plan: &Plan,
+) -> Result<(), ArtifactError> {
     let source_locations = externalize(dir, source, graphs)?;
     for location in source_locations {
-        link_or_copy(&source.dir.join(&location), &dir.join(&location))?;
+        let (src, dst) = (source.dir.join(&location), dir.join(&location));
+        // Hard links: the frozen weights are never copied (unless the folders are on
+        // different file systems).
+        crate::fsutil::link_or_copy(&src, &dst)
+            .map_err(|e| dir_err(&dst, format!("linking {}: {e}", src.display())))?;
     }
     for (file, proto) in [("train_step.onnx", &graphs.train), ("eval.onnx", &graphs.eval)] {
         let path = dir.join(file);
         let bytes = onnx::encode(proto, &path)?;
         crate::fsutil::write_bytes_atomic(&path, &bytes).map_err(|e| OnnxError::io(&path, e))?;
     }
-    state.save(&dir.join("state.safetensors"))?;
+    state.save_with_zeros(&dir.join("state.safetensors"), zeros)?;
     let plan_text = serde_json::to_string_pretty(plan).expect("serializable");
     let plan_path = dir.join("plan.json");
     crate::fsutil::write_bytes_atomic(&plan_path, plan_text.as_bytes()).map_err(|e| dir_err(&plan_path, e))?;
@@ -143,16 +155,4 @@ fn externalize(dir: &Path, source: &Model, graphs: &mut Graphs) -> Result<BTreeS
         writer.finish()?;
     }
     Ok(kept_locations)
-}
-
-/// Hard-links a source data file into the artifacts (no copy of frozen weights), or
-/// copies it when the two folders are on different file systems.
-fn link_or_copy(src: &Path, dst: &PathBuf) -> Result<(), ArtifactError> {
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| dir_err(parent, e))?;
-    }
-    if std::fs::hard_link(src, dst).is_ok() {
-        return Ok(());
-    }
-    std::fs::copy(src, dst).map(|_| ()).map_err(|e| dir_err(dst, format!("copying {}: {e}", src.display())))
 }

@@ -39,12 +39,29 @@ enum Command {
         #[arg(long, default_value = "cpu", requires = "check")]
         ep: neft::runtime::Ep,
     },
+    /// Train compiled artifacts on JSONL data through ONNX Runtime (CPU or CUDA), with
+    /// checkpoints, metrics.jsonl and a loss plot in the artifact folder.
+    Train(neft::train::cli::TrainArgs),
+    /// Write the trained rows as an adapter, or the base model with them merged in.
+    Export(neft::train::cli::ExportArgs),
+    /// Merge an adapter into the base model it was trained from.
+    Merge(neft::train::cli::MergeArgs),
+    /// Run calibration data through the model and record per-neuron activation
+    /// statistics of every layer (mean, mean |x|, mean x², fraction > 0, max |x|).
+    Profile(neft::profile::cli::ProfileArgs),
+    /// Choose the neurons to train (activation, gradient, cosine, random or reversed,
+    /// within a budget) and write neurons.json with a heat map beside it.
+    Select(neft::select::cli::SelectArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<neft::train::Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -56,6 +73,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Compile(args) => neft::cli::run_compile(&args),
         Command::BuildModel(args) => neft::cli::run_build_model(&args),
+        Command::Train(args) => neft::train::cli::run_train(&args),
+        Command::Export(args) => neft::train::cli::run_export(&args),
+        Command::Merge(args) => neft::train::cli::run_merge(&args),
+        Command::Profile(args) => neft::profile::cli::run_profile(&args),
+        Command::Select(args) => neft::select::cli::run_select(&args),
         Command::Inspect { model, json, .. } if model.is_dir() => {
             let summary = inspect::summarize_artifacts(&model)?;
             if json {

@@ -127,8 +127,8 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
             None => String::new(),
         };
     }
-    let state = initial_state(model, &inits, &params, &opts.optimizer)?;
-    let counts = counts(model, &layers, &params, &state, neurons, &train, &eval);
+    let (mut state, zeros) = initial_state(model, &inits, &params, &opts.optimizer)?;
+    let counts = counts(model, &layers, &params, &zeros, neurons, &train, &eval);
     let mut full_inputs = data_inputs.clone();
     full_inputs.extend(loss.labels.iter().cloned());
     let plan = Plan {
@@ -150,7 +150,6 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
         neurons: neurons.clone(),
         counts,
     };
-    let mut state = state;
     state.metadata.insert("plan".into(), plan.hash());
     let header = |g: &Graph, opset: i64| {
         let mut p = model.proto.clone();
@@ -159,7 +158,7 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
         p
     };
     let graphs = Graphs { train: header(&train, train_opset), eval: header(&eval, opset) };
-    write_artifacts(out, model, graphs, &state, &plan)?;
+    write_artifacts(out, model, graphs, &state, &zeros, &plan)?;
     Ok(plan)
 }
 
@@ -329,6 +328,9 @@ fn graph_initializers(model: &Model) -> std::collections::HashMap<&str, &crate::
     model.graph().initializer.iter().map(|t| (t.name(), t)).collect()
 }
 
+/// Optimizer moments, all zero at the start: written straight to the file, never held.
+type ZeroTensors = Vec<(String, Vec<usize>)>;
+
 /// Trainable tensors start from the source weights (the selected rows in split mode);
 /// optimizer moments start at zero; `step` counts updates made.
 fn initial_state(
@@ -336,8 +338,9 @@ fn initial_state(
     inits: &std::collections::HashMap<&str, &crate::onnx::proto::TensorProto>,
     params: &[Trainable],
     opt: &Optimizer,
-) -> anyhow::Result<State> {
+) -> anyhow::Result<(State, ZeroTensors)> {
     let mut state = State::default();
+    let mut zeros = vec![];
     for p in params {
         let src = inits.get(p.source.as_str()).with_context(|| format!("initializer '{}' not found", p.source))?;
         // Only the selected rows are decoded: the rest of a frozen weight is never held
@@ -345,16 +348,11 @@ fn initial_state(
         let data =
             if p.name == p.source { model.tensor_f32(src)? } else { model.tensor_rows_f32(src, p.axis, &p.rows)? };
         let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-        for suffix in opt.state_suffixes() {
-            state.tensors.insert(
-                format!("{}{suffix}", p.name),
-                StateTensor::F32 { shape: shape.clone(), data: vec![0.0; data.len()] },
-            );
-        }
+        zeros.extend(opt.state_suffixes().iter().map(|suffix| (format!("{}{suffix}", p.name), shape.clone())));
         state.tensors.insert(p.name.clone(), StateTensor::F32 { shape, data });
     }
     state.tensors.insert("step".into(), StateTensor::I64 { shape: vec![], data: vec![0] });
-    Ok(state)
+    Ok((state, zeros))
 }
 
 /// The slices `rows` of `data` (shape `dims`) along `axis`, in order.
@@ -376,7 +374,7 @@ fn counts(
     model: &Model,
     layers: &[Layer],
     params: &[Trainable],
-    state: &State,
+    zeros: &ZeroTensors,
     neurons: &NeuronSet,
     train: &Graph,
     eval: &Graph,
@@ -394,13 +392,7 @@ fn counts(
         .map(|t| crate::onnx::element_count(&t.dims))
         .sum();
     let trainable_params = params.iter().map(|p| crate::onnx::element_count(&p.shape)).sum();
-    let param_names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-    let optimizer_state_bytes = state
-        .tensors
-        .iter()
-        .filter(|(n, _)| !param_names.contains(&n.as_str()) && n.as_str() != "step")
-        .map(|(_, t)| t.bytes() as u64)
-        .sum();
+    let optimizer_state_bytes = zeros.iter().map(|(_, shape)| shape.iter().product::<usize>() as u64 * 4).sum();
     Counts {
         model_params,
         trainable_params,

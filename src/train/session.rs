@@ -19,7 +19,7 @@ pub struct TrainSession {
     eval: Session,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StepOutput {
     pub loss: f32,
     pub grad_norm: f32,
@@ -89,7 +89,7 @@ impl TrainSession {
 }
 
 /// Every tensor the train step expects, with the right shape, and nothing else.
-fn check_state(plan: &Plan, state: &State) -> anyhow::Result<()> {
+pub(crate) fn check_state(plan: &Plan, state: &State) -> anyhow::Result<()> {
     for (input, _) in &plan.io.updates {
         let Some(t) = state.tensors.get(input) else { bail!("state has no tensor '{input}'") };
         if let Some(p) = plan.params.iter().find(|p| p.name == *input || input.starts_with(&format!("{}.", p.name))) {

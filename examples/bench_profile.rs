@@ -1,0 +1,242 @@
+//! Profiling cost: tokens per second of the instrumented model against a plain forward
+//! pass of the same model on the same batches (ONNX Runtime CPU), and the peak memory
+//! of `neft::profile::profile` on 1x and 10x the calibration data.
+//!
+//! ```text
+//! cargo run --release --example bench_profile -- [--layers 4] [--hidden 512] [--ffn 1408]
+//!     [--vocab 8192] [--batch 8] [--seq 256] [--examples 64] [--rounds 3] [--only throughput|memory]
+//! ```
+//! The model is a random-weight Llama built by `neft::models::llama`, the data random
+//! token ids of 64 to `--seq` tokens, so batches carry padding. Throughput: both
+//! sessions run the same batches in alternating rounds; the best round of each counts
+//! (the machine is shared). Memory: each data size is profiled in its own child
+//! process, which reports its peak resident memory (VmHWM).
+
+use neft::models::llama::{build_llama, LlamaConfig, RandomWeights};
+use neft::profile::{
+    profile, ProfileOptions, Profiler, Statistic, StreamOptions, TokenBatch, TokenInputs, TokenStream,
+};
+use neft::runtime::ort::{HostTensor, Session, SessionOptions};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+struct Args {
+    layers: usize,
+    hidden: usize,
+    ffn: usize,
+    vocab: usize,
+    batch: usize,
+    seq: usize,
+    examples: usize,
+    rounds: usize,
+    /// `throughput`, `memory` or both (empty).
+    only: String,
+}
+
+fn parse(argv: &[String]) -> Args {
+    let mut a = Args {
+        layers: 4,
+        hidden: 512,
+        ffn: 1408,
+        vocab: 8192,
+        batch: 8,
+        seq: 256,
+        examples: 64,
+        rounds: 3,
+        only: String::new(),
+    };
+    for pair in argv.chunks(2) {
+        let n = || {
+            pair.get(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{} needs a number", pair[0]))
+        };
+        match pair[0].as_str() {
+            "--layers" => a.layers = n(),
+            "--hidden" => a.hidden = n(),
+            "--ffn" => a.ffn = n(),
+            "--vocab" => a.vocab = n(),
+            "--batch" => a.batch = n(),
+            "--seq" => a.seq = n(),
+            "--examples" => a.examples = n(),
+            "--rounds" => a.rounds = n(),
+            "--only" => a.only = pair.get(1).cloned().unwrap_or_default(),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    a
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--child") {
+        return child(Path::new(&argv[1]), Path::new(&argv[2]));
+    }
+    let a = parse(&argv);
+    let dir = tempfile_dir()?;
+    let model_path = build(&dir.join("model"), &a, a.hidden, a.ffn, a.layers)?;
+    let data = dir.join("calib.jsonl");
+    write_tokens(&data, a.examples, a.seq, a.vocab, 1)?;
+    if a.only != "memory" {
+        throughput(&model_path, &data, &a)?;
+    }
+    if a.only != "throughput" {
+        // A smaller model, so the data's share would show if it grew.
+        let small = build(&dir.join("small"), &a, 128, 344, 2)?;
+        memory(&small, &dir, &a)?;
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("neft-bench-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn build(dir: &Path, a: &Args, hidden: usize, ffn: usize, layers: usize) -> anyhow::Result<PathBuf> {
+    let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": a.vocab, "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
+        "num_attention_heads": hidden / 64, "num_key_value_heads": (hidden / 128).max(1),
+    }))?;
+    build_llama(&cfg, &mut RandomWeights::new(1), dir)
+}
+
+/// `n` examples of 64 to `seq` random token ids.
+fn write_tokens(path: &Path, n: usize, seq: usize, vocab: usize, seed: u64) -> anyhow::Result<()> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let mut text = String::new();
+    for _ in 0..n {
+        let len = 64.min(seq) + (next() as usize) % (seq - 64.min(seq) + 1);
+        let ids: Vec<u64> = (0..len).map(|_| next() % vocab as u64).collect();
+        text.push_str(&serde_json::json!({ "input_ids": ids }).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+fn batches(model: &neft::onnx::Model, data: &Path, a: &Args) -> anyhow::Result<(TokenInputs, Vec<TokenBatch>)> {
+    let graph = neft::ir::Graph::from_proto(model.graph())?;
+    let inputs = TokenInputs::of(&graph, "model")?;
+    let opts = StreamOptions { batch: a.batch, seq_len: a.seq, max_examples: None };
+    let all = TokenStream::open(data, None, inputs.clone(), opts)?.collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((inputs, all))
+}
+
+/// A plain forward pass whose outputs stay in ONNX Runtime (nothing copied out).
+fn forward(session: &mut Session, feeds: &[(&'static str, HostTensor)]) -> anyhow::Result<()> {
+    let mut values: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![];
+    for (name, t) in feeds {
+        let HostTensor::I64(a) = t else { anyhow::bail!("token inputs are INT64") };
+        let v = ort::value::Tensor::from_array(a.clone())?.into_dyn();
+        values.push(((*name).into(), v.into()));
+    }
+    drop(session.inner.run(values)?);
+    Ok(())
+}
+
+fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
+    let model = neft::onnx::load(model_path)?;
+    let (inputs, all) = batches(&model, data, a)?;
+    let tokens: usize = all.iter().map(|b| b.tokens).sum();
+    let padded: usize = all.iter().map(|b| b.input_ids.shape().iter().product::<usize>()).sum();
+    let opts = SessionOptions::default();
+    let mlp = neft::select::targeted_weights(&model, &"mlp".parse().unwrap(), neft::compile::Unit::Neuron)?;
+    let mut plain = Session::from_file(model_path, &opts)?;
+    let all_stats = Statistic::ALL;
+    let mut every = Profiler::new(&model, &opts, None, &all_stats)?;
+    let mut mlp_only = Profiler::new(&model, &opts, Some(&mlp), &all_stats)?;
+    let mut mlp_one = Profiler::new(&model, &opts, Some(&mlp), &[Statistic::MeanAbs])?;
+    let sites = (every.sites.len(), mlp_only.sites.len());
+    type Run<'a> = Box<dyn FnMut(&TokenBatch) -> anyhow::Result<()> + 'a>;
+    let mut runs: Vec<(&str, Run, f64)> = vec![
+        ("plain forward (ORT CPU)", Box::new(|b: &TokenBatch| forward(&mut plain, &b.feeds(&inputs))), f64::MAX),
+        ("profile: every layer, 5 statistics", Box::new(|b: &TokenBatch| every.run(b).map(drop)), f64::MAX),
+        ("profile: MLP layers, 5 statistics", Box::new(|b: &TokenBatch| mlp_only.run(b).map(drop)), f64::MAX),
+        (
+            "profile: MLP layers, mean abs (compile default)",
+            Box::new(|b: &TokenBatch| mlp_one.run(b).map(drop)),
+            f64::MAX,
+        ),
+    ];
+    for (_, run, _) in runs.iter_mut() {
+        run(&all[0])?;
+    }
+    for _ in 0..a.rounds {
+        for (_, run, best) in runs.iter_mut() {
+            let t0 = Instant::now();
+            for b in &all {
+                run(b)?;
+            }
+            *best = best.min(t0.elapsed().as_secs_f64());
+        }
+    }
+    let params: u64 = model.graph().initializer.iter().map(|t| neft::onnx::element_count(&t.dims)).sum();
+    println!(
+        "model: Llama, {} layers, hidden {}, ffn {}, vocab {} ({:.1}M parameters); {} batches of {} (seq <= {}), \
+         {tokens} real tokens in {padded} positions; sites: {} (every layer), {} (MLP)",
+        a.layers,
+        a.hidden,
+        a.ffn,
+        a.vocab,
+        params as f64 / 1e6,
+        all.len(),
+        a.batch,
+        a.seq,
+        sites.0,
+        sites.1
+    );
+    println!("| run | seconds | real tokens/s | vs forward |");
+    println!("|---|---|---|---|");
+    let base = runs[0].2;
+    for (name, _, secs) in &runs {
+        println!("| {name} | {secs:.3} | {:.0} | {:.2}x |", tokens as f64 / secs, base / secs);
+    }
+    Ok(())
+}
+
+fn memory(model: &Path, dir: &Path, a: &Args) -> anyhow::Result<()> {
+    println!();
+    println!("| calibration data | examples | file | tokens | seconds | peak RSS (VmHWM) |");
+    println!("|---|---|---|---|---|---|");
+    for (k, scale) in [1usize, 10].iter().enumerate() {
+        let data = dir.join(format!("mem{scale}.jsonl"));
+        let n = a.examples * 4 * scale;
+        write_tokens(&data, n, a.seq, a.vocab, 7 + k as u64)?;
+        let out = std::process::Command::new(std::env::current_exe()?).arg("--child").arg(model).arg(&data).output()?;
+        anyhow::ensure!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let size = std::fs::metadata(&data)?.len();
+        println!("| {scale}x | {n} | {:.1} MB | {line} |", size as f64 / 1e6);
+    }
+    Ok(())
+}
+
+/// Profiles `model` on `data` and prints "tokens | seconds | VmHWM".
+fn child(model: &Path, data: &Path) -> anyhow::Result<()> {
+    let m = neft::onnx::load(model)?;
+    let opts = ProfileOptions {
+        stream: StreamOptions { batch: 8, seq_len: 256, max_examples: None },
+        session: SessionOptions {
+            threads: std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()),
+            ..Default::default()
+        },
+        progress: false,
+        only: None,
+        statistics: Statistic::ALL.to_vec(),
+    };
+    let t0 = Instant::now();
+    let p = profile(&m, data, None, &opts)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hwm =
+        status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?").trim_start_matches("VmHWM:").trim();
+    println!("{} | {secs:.1} | {hwm}", p.tokens);
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! Calibration data streamed from a JSONL file, one window of examples at a time, so
+//! memory never grows with the size of the file.
+//!
+//! In: a JSONL file (the shapes `data::read_jsonl` accepts), an optional encoder, and
+//! the model's token inputs ([`TokenInputs`]). Out: [`TokenBatch`]es: padded token ids,
+//! labels (-100 on padding), a `[batch, seq]` mask of real tokens, and the feeds for
+//! the model's inputs (`input_ids`, and `attention_mask`, `position_ids`,
+//! `token_type_ids` when the model takes them).
+
+use crate::data::{tokenize, Encode, Example, Tokenized};
+use crate::ir::Graph;
+use crate::onnx::make::{declared, DimSpec};
+use crate::passes::append_loss::IGNORE_INDEX;
+use crate::runtime::ort::HostTensor;
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::io::BufRead;
+use std::path::Path;
+
+/// How the model takes token data: which inputs to feed, fixed dimensions, vocabulary.
+#[derive(Debug, Clone)]
+pub struct TokenInputs {
+    /// Inputs besides `input_ids` that are fed from the batch.
+    pub extra: Vec<ExtraInput>,
+    /// A batch size the model's `input_ids` declares as fixed.
+    pub fixed_batch: Option<usize>,
+    /// A sequence length the model's `input_ids` declares as fixed (batches are padded to it).
+    pub fixed_seq: Option<usize>,
+    /// Rows of the embedding that `input_ids` index, when the model gathers from one.
+    pub vocab: Option<(String, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtraInput {
+    AttentionMask,
+    PositionIds,
+    TokenTypeIds,
+}
+
+impl ExtraInput {
+    fn name(self) -> &'static str {
+        match self {
+            ExtraInput::AttentionMask => "attention_mask",
+            ExtraInput::PositionIds => "position_ids",
+            ExtraInput::TokenTypeIds => "token_type_ids",
+        }
+    }
+}
+
+impl TokenInputs {
+    /// Checks that token data can feed every input of `graph` (an error names the
+    /// model and the input that cannot be fed).
+    pub fn of(graph: &Graph, model: &str) -> anyhow::Result<TokenInputs> {
+        let data_inputs: Vec<_> = graph.inputs().filter(|i| graph.initializer(i.name()).is_none()).collect();
+        let names: Vec<&str> = data_inputs.iter().map(|i| i.name()).collect();
+        let Some(ids) = data_inputs.iter().find(|i| i.name() == "input_ids") else {
+            bail!(
+                "{model}: the model's inputs ({}) cannot be fed from JSONL token data: it has no 'input_ids' input",
+                names.join(", ")
+            );
+        };
+        let mut extra = vec![];
+        for name in names.iter().filter(|n| **n != "input_ids") {
+            extra.push(match *name {
+                "attention_mask" => ExtraInput::AttentionMask,
+                "position_ids" => ExtraInput::PositionIds,
+                "token_type_ids" => ExtraInput::TokenTypeIds,
+                other => bail!(
+                    "{model}: input '{other}' cannot be fed from JSONL token data (only input_ids, attention_mask, \
+                     position_ids and token_type_ids can)"
+                ),
+            });
+        }
+        let dims = declared(ids).and_then(|d| d.1).unwrap_or_default();
+        if dims.len() != 2 {
+            bail!("{model}: input 'input_ids' must be [batch, seq], but it declares {} dimensions", dims.len());
+        }
+        let fixed = |d: &DimSpec| match d {
+            DimSpec::Fixed(n) if *n > 0 => Some(*n as usize),
+            _ => None,
+        };
+        Ok(TokenInputs { extra, fixed_batch: fixed(&dims[0]), fixed_seq: fixed(&dims[1]), vocab: vocabulary(graph) })
+    }
+}
+
+/// The embedding table `input_ids` index: a `Gather` of an initializer by `input_ids`.
+fn vocabulary(graph: &Graph) -> Option<(String, usize)> {
+    graph.consumers("input_ids").into_iter().find_map(|(n, slot)| {
+        let op = graph.op(n)?;
+        let table = graph.initializer(op.input.first()?)?;
+        let rows = *table.dims.first()?;
+        (op.op_type() == "Gather" && slot == Some(1)).then(|| (table.name().to_string(), rows.max(0) as usize))
+    })
+}
+
+/// One padded batch of calibration data.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    /// `[batch, seq]` INT64, padded on the right.
+    pub input_ids: HostTensor,
+    /// `[batch, seq]` INT64, -100 on padding (and where the data say so).
+    pub labels: HostTensor,
+    /// `[batch, seq]` FLOAT, 1 on real tokens, 0 on padding.
+    pub mask: HostTensor,
+    /// Real tokens in the batch.
+    pub tokens: usize,
+    /// Examples in the batch (rows that are not filler for a fixed batch size).
+    pub examples: usize,
+}
+
+impl TokenBatch {
+    /// The model inputs for this batch: `input_ids` and whatever extra inputs it takes.
+    pub fn feeds(&self, inputs: &TokenInputs) -> Vec<(&'static str, HostTensor)> {
+        let mut feeds = vec![("input_ids", self.input_ids.clone())];
+        let shape = self.input_ids.shape().to_vec();
+        let mask = self.mask.as_f32().expect("FLOAT mask");
+        for e in &inputs.extra {
+            let t = match e {
+                ExtraInput::AttentionMask => HostTensor::i64(&shape, mask.iter().map(|&m| m as i64).collect()),
+                ExtraInput::PositionIds => {
+                    HostTensor::i64(&shape, (0..shape[0]).flat_map(|_| 0..shape[1] as i64).collect())
+                }
+                ExtraInput::TokenTypeIds => HostTensor::i64(&shape, vec![0; shape[0] * shape[1]]),
+            };
+            feeds.push((e.name(), t));
+        }
+        feeds
+    }
+}
+
+/// How to cut the data into batches.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub max_examples: Option<usize>,
+}
+
+/// Batches per window of examples sorted by length (memory: one window of token ids).
+const WINDOW_BATCHES: usize = 16;
+
+/// Reads a JSONL file batch by batch, holding one window of examples at a time: memory
+/// does not grow with the file. Within a window, examples are sorted by length.
+pub struct TokenStream<'a> {
+    lines: std::io::Lines<std::io::BufReader<CountingReader>>,
+    file: String,
+    line: usize,
+    enc: Option<&'a dyn Encode>,
+    inputs: TokenInputs,
+    opts: StreamOptions,
+    examples: usize,
+    /// Examples that tokenized to nothing and were left out.
+    pub skipped: usize,
+    bytes: std::rc::Rc<std::cell::Cell<u64>>,
+    /// Examples read and sorted, not yet batched.
+    pending: std::collections::VecDeque<Tokenized>,
+}
+
+/// Counts the bytes read, for progress.
+struct CountingReader {
+    inner: std::fs::File,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl std::io::Read for CountingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl<'a> TokenStream<'a> {
+    pub fn open(
+        path: &Path,
+        enc: Option<&'a dyn Encode>,
+        inputs: TokenInputs,
+        opts: StreamOptions,
+    ) -> anyhow::Result<TokenStream<'a>> {
+        let file = path.display().to_string();
+        let inner = std::fs::File::open(path).with_context(|| format!("{file}: cannot open the data file"))?;
+        let bytes = std::rc::Rc::new(std::cell::Cell::new(0));
+        let reader = CountingReader { inner, read: bytes.clone() };
+        let mut opts = opts;
+        opts.batch = inputs.fixed_batch.unwrap_or(opts.batch).max(1);
+        opts.seq_len = inputs.fixed_seq.map_or(opts.seq_len, |s| s.min(opts.seq_len.max(1))).max(1);
+        Ok(TokenStream {
+            lines: std::io::BufReader::new(reader).lines(),
+            file,
+            line: 0,
+            enc,
+            inputs,
+            opts,
+            examples: 0,
+            skipped: 0,
+            pending: Default::default(),
+            bytes,
+        })
+    }
+
+    /// Bytes of the file read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    /// Examples read so far.
+    pub fn examples(&self) -> usize {
+        self.examples
+    }
+
+    /// The next example with at least one token, or `None` at the end (or the limit).
+    fn next_example(&mut self) -> anyhow::Result<Option<Tokenized>> {
+        loop {
+            if self.opts.max_examples.is_some_and(|m| self.examples >= m) {
+                return Ok(None);
+            }
+            let Some(line) = self.lines.next() else { return Ok(None) };
+            self.line += 1;
+            let line = line.with_context(|| format!("{}: cannot read line {}", self.file, self.line))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let at = |why: String| anyhow::anyhow!("{}:{}: {why}", self.file, self.line);
+            let example = parse_line(&line).map_err(at)?;
+            let mut t = tokenize(&[example], self.enc, self.opts.seq_len).map_err(|e| at(format!("{e:#}")))?;
+            let t = t.remove(0);
+            self.examples += 1;
+            if let Some((table, rows)) = &self.inputs.vocab {
+                if let Some(bad) = t.input_ids.iter().find(|&&id| id < 0 || id as usize >= *rows) {
+                    return Err(at(format!(
+                        "token id {bad} does not fit the model: its embedding '{table}' has {rows} rows (ids 0..{rows})"
+                    )));
+                }
+            }
+            if t.input_ids.is_empty() {
+                self.skipped += 1;
+                continue;
+            }
+            return Ok(Some(t));
+        }
+    }
+
+    /// Reads the next window of examples, sorted by length so that batches cut from it
+    /// carry little padding.
+    fn refill(&mut self) -> anyhow::Result<()> {
+        let size = self.opts.batch * WINDOW_BATCHES;
+        let mut window = Vec::with_capacity(size);
+        while window.len() < size {
+            match self.next_example()? {
+                Some(t) => window.push(t),
+                None => break,
+            }
+        }
+        window.sort_by_key(|t| t.input_ids.len());
+        self.pending = window.into();
+        Ok(())
+    }
+
+    fn next_batch(&mut self) -> anyhow::Result<Option<TokenBatch>> {
+        if self.pending.is_empty() {
+            self.refill()?;
+        }
+        let take = self.opts.batch.min(self.pending.len());
+        let picked: Vec<Tokenized> = self.pending.drain(..take).collect();
+        if picked.is_empty() {
+            return Ok(None);
+        }
+        let pad = self.enc.map(|e| e.pad()).unwrap_or(0);
+        let rows = self.inputs.fixed_batch.unwrap_or(picked.len());
+        let longest = picked.iter().map(|t| t.input_ids.len()).max().unwrap_or(1);
+        let len = self.inputs.fixed_seq.unwrap_or_else(|| bucket(longest).min(self.opts.seq_len).max(longest));
+        Ok(Some(pad_batch(&picked, rows, len, pad)))
+    }
+}
+
+impl Iterator for TokenStream<'_> {
+    type Item = anyhow::Result<TokenBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
+
+/// The padded length of a batch whose longest example has `n` tokens: the next power
+/// of two up to 64, then the next multiple of 64. ONNX Runtime keeps memory for every
+/// input shape it has seen, so a few lengths keep memory flat however long the data.
+pub fn bucket(n: usize) -> usize {
+    if n <= 64 {
+        n.next_power_of_two()
+    } else {
+        n.div_ceil(64) * 64
+    }
+}
+
+/// `rows x len` ids, labels and mask; rows past the examples are filler (mask 0).
+fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> TokenBatch {
+    let mut ids = vec![pad; rows * len];
+    let mut labels = vec![IGNORE_INDEX; rows * len];
+    let mut mask = vec![0f32; rows * len];
+    let mut tokens = 0;
+    for (r, e) in examples.iter().enumerate() {
+        let n = e.input_ids.len().min(len);
+        ids[r * len..r * len + n].copy_from_slice(&e.input_ids[..n]);
+        labels[r * len..r * len + n].copy_from_slice(&e.labels[..n]);
+        mask[r * len..r * len + n].fill(1.0);
+        tokens += n;
+    }
+    let shape = [rows, len];
+    TokenBatch {
+        input_ids: HostTensor::i64(&shape, ids),
+        labels: HostTensor::i64(&shape, labels),
+        mask: HostTensor::f32(&shape, mask),
+        tokens,
+        examples: examples.len(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    text: Option<String>,
+    prompt: Option<String>,
+    completion: Option<String>,
+    input_ids: Option<Vec<i64>>,
+    labels: Option<Vec<i64>>,
+}
+
+/// One JSONL line as an [`Example`], with the checks `data::read_jsonl` makes.
+// TODO(data): `data::read_jsonl` holds the same rules inline; a shared per-line parser
+// in `data` would serve both (kept here because `data` is outside this module's scope).
+fn parse_line(line: &str) -> Result<Example, String> {
+    let raw: Raw = serde_json::from_str(line).map_err(|e| format!("not a JSON object of a known shape: {e}"))?;
+    Ok(match raw {
+        Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None } => Example::Text(t),
+        Raw { text: None, prompt: Some(prompt), completion: Some(completion), input_ids: None, labels: None } => {
+            Example::PromptCompletion { prompt, completion }
+        }
+        Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels } => {
+            if ids.is_empty() {
+                return Err("\"input_ids\" is empty".into());
+            }
+            if let Some(l) = labels.as_ref().filter(|l| l.len() != ids.len()) {
+                return Err(format!("\"labels\" has {} entries, \"input_ids\" {}", l.len(), ids.len()));
+            }
+            Example::Tokens { input_ids: ids, labels }
+        }
+        _ => return Err("expected {\"text\"}, {\"prompt\",\"completion\"} or {\"input_ids\"[,\"labels\"]}".into()),
+    })
+}
+
+/// A `tokenizer.json` as an [`Encode`]r: special tokens added as the tokenizer's
+/// post-processor says; the end-of-sequence token is the first of the usual names
+/// (`</s>`, `<|endoftext|>`, `<eos>`, `<|end_of_text|>`, `<|im_end|>`) it knows.
+impl Encode for tokenizers::Tokenizer {
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<i64>> {
+        // The inherent method (through Deref), not this trait's.
+        let enc = (**self).encode(text, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    fn eos(&self) -> Option<i64> {
+        ["</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>", "<|im_end|>"]
+            .iter()
+            .find_map(|t| self.token_to_id(t))
+            .map(|i| i as i64)
+    }
+}
+
+/// Loads a `tokenizer.json`.
+pub fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
+    tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a tokenizer.json the tokenizers crate can read: {e}", path.display()))
+}

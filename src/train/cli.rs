@@ -1,0 +1,233 @@
+//! The `neft train`, `neft export` and `neft merge` command lines: clap arguments and
+//! the functions the binary calls. Results go to stdout (`--json` for scripts),
+//! progress and notes to stderr.
+
+use super::checkpoint;
+use super::run::{train, Length, Summary, TrainOptions};
+use crate::adapter::{merge, Adapter, MergeReport};
+use crate::artifact::{Plan, State};
+use crate::runtime::ort::Ep;
+use anyhow::{bail, Context};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// Options of `neft train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The artifact folder written by `neft compile`; checkpoints, metrics.jsonl and
+    /// loss.svg are written into it.
+    pub dir: PathBuf,
+    /// Training data, JSONL: {"text"}, {"prompt","completion"} (loss on the completion
+    /// only) or pre-tokenized {"input_ids"[,"labels"]}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluation data (same formats): loss and perplexity at every checkpoint.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Train until this many optimizer steps are done in total (a resumed run counts the
+    /// steps before it). Default: one epoch.
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Train for this many passes over the data (in total, like --steps).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Examples per step [default: 8, or the checkpoint's with --resume].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Longer examples are cut to this many tokens [default: 512, or the checkpoint's].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Execution provider: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub ep: Ep,
+    /// Intra-op threads of ONNX Runtime [default: ONNX Runtime's choice].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed of the data order [default: 0, or the checkpoint's].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from OUT/checkpoint.safetensors (same data order, same settings).
+    #[arg(long)]
+    pub resume: bool,
+    /// Learning rate [default: the checkpoint's, else the one given to neft compile].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// A Hugging Face tokenizer.json, for {"text"} and {"prompt","completion"} data.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Write a checkpoint (and evaluate) every N steps; 0: only at the end.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
+    /// Print the summary as JSON on stdout, and no progress.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
+    let opts = TrainOptions {
+        dir: args.dir.clone(),
+        data: args.data.clone(),
+        eval: args.eval.clone(),
+        length: match (args.steps, args.epochs) {
+            (Some(n), _) => Length::Steps(n),
+            (None, Some(e)) => Length::Epochs(e),
+            (None, None) => Length::Epochs(1),
+        },
+        batch: args.batch,
+        seq_len: args.seq_len,
+        seed: args.seed,
+        lr: args.lr,
+        ep: args.ep,
+        threads: args.threads,
+        resume: args.resume,
+        tokenizer: args.tokenizer.clone(),
+        checkpoint_every: args.checkpoint_every,
+        quiet: args.json,
+    };
+    let summary = train(&opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    if summary.status == "interrupted" {
+        return Err(super::run::Interrupted { step: summary.step }.into());
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    let loss = |l: Option<f32>| l.map_or("-".to_string(), |l| format!("{l:.4}"));
+    match s.status.as_str() {
+        "up-to-date" => println!("already at step {} of {}: nothing to do", s.step, s.target_steps),
+        status => println!(
+            "{status}: steps {}..{} of {} on {} ({} examples, batch {}, lr {:e})",
+            s.start_step, s.step, s.target_steps, s.ep, s.examples, s.batch, s.lr
+        ),
+    }
+    if s.step > s.start_step {
+        println!(
+            "  loss {} -> {}, {} tokens in {:.1} s ({:.0} tokens/s)",
+            loss(s.first_loss),
+            loss(s.last_loss),
+            s.tokens,
+            s.seconds,
+            s.tokens_per_second
+        );
+    }
+    if let (Some(start), Some(end), Some(ppl)) = (s.eval_loss_start, s.eval_loss, s.eval_perplexity) {
+        println!("  eval loss {start:.4} -> {end:.4} (perplexity {ppl:.2})");
+    }
+    if let Some(c) = &s.checkpoint {
+        println!("  checkpoint {}", c.display());
+    }
+    println!("  metrics {}, plot {}", s.metrics.display(), s.plot.display());
+}
+
+/// Options of `neft export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The artifact folder (after `neft train`).
+    pub dir: PathBuf,
+    /// Write the trained rows (and bias elements) as an adapter.
+    #[arg(long, required_unless_present = "merged")]
+    pub adapter: Option<PathBuf>,
+    /// Write the base model with the trained rows merged in (weights in <MERGED>.data).
+    #[arg(long)]
+    pub merged: Option<PathBuf>,
+    /// The base model for --merged [default: the model the artifacts were compiled from,
+    /// as plan.json records it].
+    #[arg(long, requires = "merged")]
+    pub base: Option<PathBuf>,
+    /// The state to export [default: OUT/checkpoint.safetensors].
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
+    let plan = Plan::load(&args.dir.join("plan.json"))?;
+    let state_path = args.state.clone().unwrap_or_else(|| checkpoint::checkpoint_path(&args.dir));
+    let state = trained_state(&plan, &state_path)?;
+    let adapter = Adapter::from_state(&plan, &state)?;
+    let mut report = serde_json::json!({ "step": adapter.step, "tensors": adapter.tensors.len() });
+    if let Some(path) = &args.adapter {
+        adapter.save(path)?;
+        report["adapter"] = serde_json::json!(path);
+        if !args.json {
+            println!("wrote {} (step {}, {} tensors)", path.display(), adapter.step, adapter.tensors.len());
+        }
+    }
+    if let Some(out) = &args.merged {
+        let base_path = args.base.clone().unwrap_or_else(|| PathBuf::from(&plan.source.path));
+        if !base_path.is_file() {
+            bail!(
+                "{}: the base model recorded in plan.json is not there; pass it with --base BASE.onnx",
+                base_path.display()
+            );
+        }
+        let base = crate::onnx::load(&base_path)?;
+        let merged = merge(&base, &adapter, out)?;
+        report["merged"] = serde_json::to_value(&merged)?;
+        if !args.json {
+            print_merge(&merged);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+/// A state belonging to `plan`: the checkpoint by default.
+fn trained_state(plan: &Plan, path: &Path) -> anyhow::Result<State> {
+    if !path.is_file() {
+        bail!("{}: not found; train first (neft train OUT --data ...) or name a state with --state", path.display());
+    }
+    let state = State::load(path)?;
+    match state.metadata.get("plan") {
+        Some(h) if *h == plan.hash() => {}
+        Some(h) => bail!("{}: made for plan {h}, but the artifacts are plan {}", path.display(), plan.hash()),
+        None => bail!("{}: metadata 'plan' is missing; not a neft state", path.display()),
+    }
+    super::session::check_state(plan, &state).with_context(|| path.display().to_string())?;
+    Ok(state)
+}
+
+/// Options of `neft merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The model the adapter was trained from (checked by SHA-256).
+    pub base: PathBuf,
+    /// The adapter written by `neft export --adapter`.
+    pub adapter: PathBuf,
+    /// The merged model; its weights go to <OUT>.data beside it.
+    #[arg(short, long)]
+    pub out: PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_merge(args: &MergeArgs) -> anyhow::Result<()> {
+    let adapter = Adapter::load(&args.adapter)?;
+    let base = crate::onnx::load(&args.base)?;
+    let merged = merge(&base, &adapter, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&merged)?);
+    } else {
+        print_merge(&merged);
+    }
+    Ok(())
+}
+
+fn print_merge(m: &MergeReport) {
+    let rows: usize = m.tensors.iter().map(|t| t.1).sum();
+    match &m.data {
+        Some(d) => println!("wrote {} and {}", m.model.display(), d.display()),
+        None => println!("wrote {}", m.model.display()),
+    }
+    println!("  {} rows replaced in {} tensors", rows, m.tensors.len());
+}
