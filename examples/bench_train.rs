@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_train -- [--layers 4] [--hidden 256] [--ffn 688]
-//!     [--vocab 2048] [--batch 4] [--seq 128] [--steps 10] [--warmup 3] [--json OUT.json]
+//!     [--vocab 2048] [--kv-heads 2] [--batch 4] [--seq 128] [--steps 10] [--warmup 3] [--json OUT.json]
 //! ```
 //! The model is a random-weight Llama built by `neft::models::llama`. Each
 //! configuration trains in its own child process, so its peak resident memory
@@ -24,6 +24,7 @@ struct Args {
     hidden: usize,
     ffn: usize,
     vocab: usize,
+    kv: usize,
     batch: usize,
     seq: usize,
     steps: usize,
@@ -33,7 +34,7 @@ struct Args {
 
 fn parse() -> Args {
     let mut a =
-        Args { layers: 4, hidden: 256, ffn: 688, vocab: 2048, batch: 4, seq: 128, steps: 10, warmup: 3, json: None };
+        Args { layers: 4, hidden: 256, ffn: 688, vocab: 2048, kv: 2, batch: 4, seq: 128, steps: 10, warmup: 3, json: None };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i + 1 < argv.len() {
@@ -44,6 +45,7 @@ fn parse() -> Args {
             "--hidden" => a.hidden = n(),
             "--ffn" => a.ffn = n(),
             "--vocab" => a.vocab = n(),
+            "--kv-heads" => a.kv = n(),
             "--batch" => a.batch = n(),
             "--seq" => a.seq = n(),
             "--steps" => a.steps = n(),
@@ -163,7 +165,7 @@ fn main() {
         intermediate_size: a.ffn,
         num_hidden_layers: a.layers,
         num_attention_heads: (a.hidden / 64).max(1),
-        num_key_value_heads: (a.hidden / 64 / 2).max(1),
+        num_key_value_heads: a.kv,
         rope_theta: 10000.0,
         rms_norm_eps: 1e-5,
         tie_word_embeddings: true,
@@ -250,7 +252,7 @@ fn child_args(a: &Args) -> Vec<String> {
 }
 
 fn parse_child(rest: &[String]) -> Args {
-    let mut a = Args { layers: 0, hidden: 0, ffn: 0, vocab: 0, batch: 0, seq: 0, steps: 0, warmup: 0, json: None };
+    let mut a = Args { layers: 0, hidden: 0, ffn: 0, vocab: 0, kv: 0, batch: 0, seq: 0, steps: 0, warmup: 0, json: None };
     for pair in rest.chunks(2) {
         let v: usize = pair[1].parse().unwrap();
         match pair[0].as_str() {
