@@ -143,3 +143,29 @@ fn mask_mode_on_a_graph_with_gradient_outputs_inserts_masks_without_autodiff() {
         assert_eq!(same, ![0, 5, 9].contains(&row), "fc1.weight row {row}");
     }
 }
+
+#[test]
+fn the_demo_runs_end_to_end_and_the_loss_falls() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = neft(&["demo", "-o", "d"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = dir.path().join("d");
+    for f in
+        ["out/plan.json", "out/neurons.json", "out/neurons.svg", "out/loss.svg", "adapter.safetensors", "merged.onnx"]
+    {
+        assert!(d.join(f).is_file(), "the demo did not write {f}");
+    }
+    let losses: Vec<f64> = std::fs::read_to_string(d.join("out/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64())
+        .collect();
+    assert_eq!(losses.len(), 600);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+    assert!(
+        mean(&losses[550..]) < mean(&losses[..50]) - 0.3,
+        "loss did not fall: {} -> {}",
+        mean(&losses[..50]),
+        mean(&losses[550..])
+    );
+}
