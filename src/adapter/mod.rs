@@ -138,9 +138,5 @@ fn read_tensor(state: &State, source: &str, axis: usize, file: &str) -> anyhow::
 
 /// SHA-256 of a file, as hex: how plans and adapters identify the base model.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    let mut file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(crate::artifact::hex_digest(&hasher.finalize()))
+    Ok(crate::artifact::SourceInfo::of_file(path)?.sha256)
 }

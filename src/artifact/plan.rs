@@ -18,6 +18,21 @@ pub struct SourceInfo {
     pub bytes: u64,
 }
 
+impl SourceInfo {
+    /// A file's path, SHA-256 and size; the file is streamed through the hash, never
+    /// read whole. The one digest plans, profiles and adapters identify a model by.
+    pub fn of_file(path: &Path) -> anyhow::Result<SourceInfo> {
+        use sha2::Digest;
+        let label = path.display().to_string();
+        let mut file =
+            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{label}: cannot read for hashing: {e}"))?;
+        let mut hasher = sha2::Sha256::new();
+        let bytes = std::io::copy(&mut file, &mut hasher)
+            .map_err(|e| anyhow::anyhow!("{label}: cannot read for hashing: {e}"))?;
+        Ok(SourceInfo { path: label, sha256: hex_digest(&hasher.finalize()), bytes })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
     /// Parameters of the source model (all float initializers).

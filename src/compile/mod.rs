@@ -405,10 +405,5 @@ fn counts(
 }
 
 fn source_info(model: &Model) -> anyhow::Result<SourceInfo> {
-    use sha2::Digest;
-    let label = model.display_path();
-    let mut file = std::fs::File::open(&model.path).with_context(|| format!("{label}: cannot read for hashing"))?;
-    let mut hasher = sha2::Sha256::new();
-    let bytes = std::io::copy(&mut file, &mut hasher).with_context(|| format!("{label}: cannot read for hashing"))?;
-    Ok(SourceInfo { path: label, sha256: crate::artifact::hex_digest(&hasher.finalize()), bytes })
+    SourceInfo::of_file(&model.path)
 }

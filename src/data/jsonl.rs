@@ -42,36 +42,33 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |why: String| DataError::Line { file: file.clone(), line: i + 1, why };
-        let raw: Raw =
-            serde_json::from_str(&line).map_err(|e| bad(format!("not a JSON object of a known shape: {e}")))?;
-        out.push(match raw {
-            Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None } => Example::Text(t),
-            Raw { text: None, prompt: Some(prompt), completion: Some(completion), input_ids: None, labels: None } => {
-                Example::PromptCompletion { prompt, completion }
-            }
-            Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels } => {
-                if ids.is_empty() {
-                    return Err(bad("\"input_ids\" is empty".into()));
-                }
-                if let Some(l) = &labels {
-                    if l.len() != ids.len() {
-                        return Err(bad(format!("\"labels\" has {} entries, \"input_ids\" {}", l.len(), ids.len())));
-                    }
-                }
-                Example::Tokens { input_ids: ids, labels }
-            }
-            _ => {
-                return Err(bad(
-                    "expected {\"text\"}, {\"prompt\",\"completion\"} or {\"input_ids\"[,\"labels\"]}".into()
-                ))
-            }
-        });
+        out.push(parse_line(&line).map_err(|why| DataError::Line { file: file.clone(), line: i + 1, why })?);
     }
     if out.is_empty() {
         return Err(DataError::Empty { file });
     }
     Ok(out)
+}
+
+/// One non-empty JSONL line as an [`Example`]; the error says what is wrong with it.
+pub fn parse_line(line: &str) -> Result<Example, String> {
+    let raw: Raw = serde_json::from_str(line).map_err(|e| format!("not a JSON object of a known shape: {e}"))?;
+    Ok(match raw {
+        Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None } => Example::Text(t),
+        Raw { text: None, prompt: Some(prompt), completion: Some(completion), input_ids: None, labels: None } => {
+            Example::PromptCompletion { prompt, completion }
+        }
+        Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels } => {
+            if ids.is_empty() {
+                return Err("\"input_ids\" is empty".into());
+            }
+            if let Some(l) = labels.as_ref().filter(|l| l.len() != ids.len()) {
+                return Err(format!("\"labels\" has {} entries, \"input_ids\" {}", l.len(), ids.len()));
+            }
+            Example::Tokens { input_ids: ids, labels }
+        }
+        _ => return Err("expected {\"text\"}, {\"prompt\",\"completion\"} or {\"input_ids\"[,\"labels\"]}".into()),
+    })
 }
 
 /// Token ids and the labels the loss sees (-100: not counted).

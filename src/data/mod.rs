@@ -10,7 +10,7 @@ mod batch;
 mod jsonl;
 
 pub use batch::{Batch, Batcher};
-pub use jsonl::{read_jsonl, tokenize, DataError, Example, Tokenized};
+pub use jsonl::{parse_line, read_jsonl, tokenize, DataError, Example, Tokenized};
 
 /// Turns text into token ids (a `tokenizer.json`, or anything else).
 pub trait Encode {

@@ -171,14 +171,8 @@ impl Profile {
 }
 
 /// The model file's path, SHA-256 and size, as `plan.json` records them.
-// The same digest as `compile`'s source record (kept in step by the test that compares them).
 pub fn source_info(model: &crate::onnx::Model) -> anyhow::Result<SourceInfo> {
-    use sha2::Digest;
-    let label = model.display_path();
-    let mut file = std::fs::File::open(&model.path).with_context(|| format!("{label}: cannot read for hashing"))?;
-    let mut hasher = sha2::Sha256::new();
-    let bytes = std::io::copy(&mut file, &mut hasher).with_context(|| format!("{label}: cannot read for hashing"))?;
-    Ok(SourceInfo { path: label, sha256: crate::artifact::hex_digest(&hasher.finalize()), bytes })
+    SourceInfo::of_file(&model.path)
 }
 
 /// Sums (maxima for max |x|) over batches; turned into means at the end.

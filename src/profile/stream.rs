@@ -7,13 +7,12 @@
 //! the model's inputs (`input_ids`, and `attention_mask`, `position_ids`,
 //! `token_type_ids` when the model takes them).
 
-use crate::data::{tokenize, Encode, Example, Tokenized};
+use crate::data::{tokenize, Encode, Tokenized};
 use crate::ir::Graph;
 use crate::onnx::make::{declared, DimSpec};
 use crate::passes::append_loss::IGNORE_INDEX;
 use crate::runtime::ort::HostTensor;
 use anyhow::{bail, Context};
-use serde::Deserialize;
 use std::io::BufRead;
 use std::path::Path;
 
@@ -221,7 +220,7 @@ impl<'a> TokenStream<'a> {
                 continue;
             }
             let at = |why: String| anyhow::anyhow!("{}:{}: {why}", self.file, self.line);
-            let example = parse_line(&line).map_err(at)?;
+            let example = crate::data::parse_line(&line).map_err(at)?;
             let mut t = tokenize(&[example], self.enc, self.opts.seq_len).map_err(|e| at(format!("{e:#}")))?;
             let t = t.remove(0);
             self.examples += 1;
@@ -312,39 +311,6 @@ fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> Token
         tokens,
         examples: examples.len(),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    text: Option<String>,
-    prompt: Option<String>,
-    completion: Option<String>,
-    input_ids: Option<Vec<i64>>,
-    labels: Option<Vec<i64>>,
-}
-
-/// One JSONL line as an [`Example`], with the checks `data::read_jsonl` makes.
-// TODO(data): `data::read_jsonl` holds the same rules inline; a shared per-line parser
-// in `data` would serve both (kept here because `data` is outside this module's scope).
-fn parse_line(line: &str) -> Result<Example, String> {
-    let raw: Raw = serde_json::from_str(line).map_err(|e| format!("not a JSON object of a known shape: {e}"))?;
-    Ok(match raw {
-        Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None } => Example::Text(t),
-        Raw { text: None, prompt: Some(prompt), completion: Some(completion), input_ids: None, labels: None } => {
-            Example::PromptCompletion { prompt, completion }
-        }
-        Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels } => {
-            if ids.is_empty() {
-                return Err("\"input_ids\" is empty".into());
-            }
-            if let Some(l) = labels.as_ref().filter(|l| l.len() != ids.len()) {
-                return Err(format!("\"labels\" has {} entries, \"input_ids\" {}", l.len(), ids.len()));
-            }
-            Example::Tokens { input_ids: ids, labels }
-        }
-        _ => return Err("expected {\"text\"}, {\"prompt\",\"completion\"} or {\"input_ids\"[,\"labels\"]}".into()),
-    })
 }
 
 /// A `tokenizer.json` as an [`Encode`]r: special tokens added as the tokenizer's
