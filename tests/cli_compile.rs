@@ -169,3 +169,97 @@ fn the_demo_runs_end_to_end_and_the_loss_falls() {
         mean(&losses[550..])
     );
 }
+
+#[test]
+fn inspect_diff_is_empty_for_a_model_and_names_what_compile_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = repo("models/fixtures/tiny_llama.onnx");
+    let same = neft(&["inspect", llama.to_str().unwrap(), "--diff", llama.to_str().unwrap(), "--json"], dir.path());
+    let d: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(d["nodes_added"], 0);
+    assert!(
+        d.as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "nodes_added")
+            .all(|(_, v)| v.as_array().is_some_and(|a| a.is_empty()) || v.as_object().is_some_and(|o| o.is_empty())),
+        "{d}"
+    );
+
+    std::fs::write(
+        dir.path().join("n.json"),
+        r#"{"format":"neft.neurons/1","layers":{"val_242":{"axis":1,"rows":[1,2]},"val_386":{"axis":1,"rows":[7]}}}"#,
+    )
+    .unwrap();
+    assert!(neft(&["compile", llama.to_str().unwrap(), "-o", "out", "--neurons", "n.json"], dir.path())
+        .status
+        .success());
+    let out = neft(&["inspect", llama.to_str().unwrap(), "--diff", "out/train_step.onnx", "--json"], dir.path());
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let strings =
+        |k: &str| -> Vec<String> { d[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect() };
+    // Exactly the two split layers' MatMuls now read a merged weight.
+    assert_eq!(strings("nodes_changed"), ["node_linear_14", "node_linear_4"]);
+    let inputs = strings("inputs_added");
+    for want in [
+        "labels",
+        "lr",
+        "step",
+        "val_242.rows",
+        "val_242.rows.m",
+        "val_242.rows.v",
+        "val_386.rows",
+        "val_386.rows.m",
+        "val_386.rows.v",
+    ] {
+        assert!(inputs.contains(&want.to_string()), "missing input {want}: {inputs:?}");
+    }
+    assert_eq!(inputs.len(), 9);
+    assert!(strings("outputs_added").contains(&"val_242.rows.new".to_string()));
+    assert_eq!(strings("nodes_removed"), Vec::<String>::new(), "compile removes no model node");
+    for pass in ["autodiff", "loss", "optimizer", "split_rows"] {
+        assert!(d["added_by_pass"][pass].is_object(), "no nodes labelled {pass}");
+    }
+}
+
+#[test]
+fn dot_output_of_a_compiled_layer_is_well_formed() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = repo("models/fixtures/tiny_llama.onnx");
+    std::fs::write(
+        dir.path().join("n.json"),
+        r#"{"format":"neft.neurons/1","layers":{"val_242":{"axis":1,"rows":[1,2]}}}"#,
+    )
+    .unwrap();
+    assert!(neft(&["compile", llama.to_str().unwrap(), "-o", "out", "--neurons", "n.json"], dir.path())
+        .status
+        .success());
+    let out = neft(
+        &["inspect", "out/train_step.onnx", "--dot", "g.dot", "--around", "val_242.rows", "--depth", "3"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dot = std::fs::read_to_string(dir.path().join("g.dot")).unwrap();
+    // Every edge joins declared nodes; the trainable rows are a green input, the frozen
+    // weight a grey box, and split-rows nodes carry their pass colour.
+    let declared: std::collections::HashSet<&str> =
+        dot.lines().filter(|l| l.contains(" [shape=")).map(|l| l.trim().split(' ').next().unwrap()).collect();
+    let edges: Vec<(&str, &str)> = dot
+        .lines()
+        .filter(|l| l.contains(" -> "))
+        .map(|l| {
+            let mut p = l.trim().split(' ');
+            (p.next().unwrap(), p.nth(1).unwrap())
+        })
+        .collect();
+    assert!(dot.starts_with("digraph neft {") && dot.trim_end().ends_with('}'));
+    assert!(!edges.is_empty() && edges.iter().all(|(a, b)| declared.contains(a) && declared.contains(b)));
+    assert!(dot.contains(r##"fillcolor="#b8e0b8", label="val_242.rows""##));
+    assert!(dot.contains(r##"fillcolor="#dddddd", label="val_242 [32, 64]""##));
+    assert!(dot.contains("ScatterElements"));
+    // Graphviz itself, where it is installed, must accept it.
+    if let Ok(run) = Command::new("dot").arg("-Tsvg").arg(dir.path().join("g.dot")).output() {
+        assert!(run.status.success(), "dot rejected the file: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(String::from_utf8_lossy(&run.stdout).contains("<svg"));
+    }
+}

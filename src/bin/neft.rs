@@ -42,6 +42,19 @@ enum Command {
         /// inputs (symbolic dimensions set to 1), reporting the time and output shapes.
         #[arg(long)]
         check: bool,
+        /// Compare with another model: what the second adds, removes or changes (nodes
+        /// grouped by the neft pass that added them).
+        #[arg(long, value_name = "OTHER.onnx", conflicts_with = "check")]
+        diff: Option<PathBuf>,
+        /// Write the graph as Graphviz DOT (SVG when FILE ends in .svg, through `dot`).
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+        /// With --dot: only the values and nodes within --depth edges of this value or node.
+        #[arg(long, requires = "dot")]
+        around: Option<String>,
+        /// With --around: how many edges away to draw.
+        #[arg(long, default_value_t = 2)]
+        depth: usize,
         /// Execution provider for --check: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu", requires = "check")]
         ep: neft::runtime::Ep,
@@ -86,6 +99,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merge(args) => neft::train::cli::run_merge(&args),
         Command::Profile(args) => neft::profile::cli::run_profile(&args),
         Command::Select(args) => neft::select::cli::run_select(&args),
+        Command::Inspect { model, json, diff: Some(other), .. } => {
+            let (a, b) = (onnx::load(&model)?, onnx::load(&other)?);
+            let d = inspect::diff(a.graph(), b.graph());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print!("{}", inspect::render_diff(&d));
+            }
+            Ok(())
+        }
+        Command::Inspect { model, dot: Some(file), around, depth, .. } if !model.is_dir() => {
+            let m = onnx::load(&model)?;
+            let graph = ir::Graph::from_proto(m.graph())?;
+            let text = inspect::to_dot(&graph, around.as_deref(), depth)?;
+            inspect::write_dot(&text, &file)?;
+            println!("wrote {}", file.display());
+            Ok(())
+        }
         Command::Inspect { model, json, .. } if model.is_dir() => {
             let summary = inspect::summarize_artifacts(&model)?;
             if json {
@@ -95,7 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Inspect { model, json, check, ep } => {
+        Command::Inspect { model, json, check, ep, .. } => {
             let m = onnx::load(&model)?;
             let graph =
                 ir::Graph::from_proto(m.graph()).with_context(|| format!("{}: invalid graph", model.display()))?;

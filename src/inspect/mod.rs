@@ -6,9 +6,13 @@
 
 mod artifact;
 mod check;
+mod diff;
+mod dot;
 
 pub use artifact::{render_artifacts, summarize_artifacts, ArtifactSummary};
 pub use check::{check_runtime, synthetic_inputs, RuntimeCheck};
+pub use diff::{diff, render_diff, ModelDiff};
+pub use dot::{to_dot, write_dot};
 
 use crate::analyze::{find_layers, Layer};
 use crate::ir::Graph;

@@ -45,7 +45,7 @@ pub enum IrError {
 /// The graph IR. See the module docs.
 #[derive(Debug, Clone)]
 pub struct Graph {
-    pub(super) g: StableGraph<Node, Wire>,
+    pub(crate) g: StableGraph<Node, Wire>,
     /// Value name → its producer and output slot. A graph input shadows an initializer
     /// of the same name (the initializer is then only its default).
     producer: HashMap<TensorName, (NodeIndex, usize)>,
