@@ -33,8 +33,18 @@ struct Args {
 }
 
 fn parse() -> Args {
-    let mut a =
-        Args { layers: 4, hidden: 256, ffn: 688, vocab: 2048, kv: 2, batch: 4, seq: 128, steps: 10, warmup: 3, json: None };
+    let mut a = Args {
+        layers: 4,
+        hidden: 256,
+        ffn: 688,
+        vocab: 2048,
+        kv: 2,
+        batch: 4,
+        seq: 128,
+        steps: 10,
+        warmup: 3,
+        json: None,
+    };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i + 1 < argv.len() {
@@ -252,7 +262,8 @@ fn child_args(a: &Args) -> Vec<String> {
 }
 
 fn parse_child(rest: &[String]) -> Args {
-    let mut a = Args { layers: 0, hidden: 0, ffn: 0, vocab: 0, kv: 0, batch: 0, seq: 0, steps: 0, warmup: 0, json: None };
+    let mut a =
+        Args { layers: 0, hidden: 0, ffn: 0, vocab: 0, kv: 0, batch: 0, seq: 0, steps: 0, warmup: 0, json: None };
     for pair in rest.chunks(2) {
         let v: usize = pair[1].parse().unwrap();
         match pair[0].as_str() {

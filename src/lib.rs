@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod analyze;
 pub mod artifact;
+pub mod autodiff;
 pub mod cli;
 pub mod compile;
 pub mod data;
@@ -20,4 +21,3 @@ pub mod profile;
 pub mod runtime;
 pub mod select;
 pub mod train;
-pub mod autodiff;
