@@ -86,6 +86,10 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
         if !args.json {
             crate::select::cli::print_summary(sel);
         }
+    } else {
+        // A given neuron set gets the same record and picture as a selected one.
+        plan.neurons.save(&args.out.join("neurons.json"))?;
+        write_plan_heatmap(&plan, &args.out)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -172,4 +176,12 @@ pub fn run_build_model(args: &BuildModelArgs) -> anyhow::Result<()> {
     };
     println!("wrote {} in {:.1} s", path.display(), t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `OUT/neurons.svg`: the selected share per block and module, drawn from the plan.
+pub fn write_plan_heatmap(plan: &crate::artifact::Plan, out: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = out.join("neurons.svg");
+    let title = format!("{} neurons, {} mode", plan.counts.neurons_selected, plan.mode);
+    crate::fsutil::write_bytes_atomic(&path, crate::select::heatmap_svg(&plan.layer_shares(), &title).as_bytes())?;
+    Ok(path)
 }

@@ -263,3 +263,28 @@ fn dot_output_of_a_compiled_layer_is_well_formed() {
         assert!(String::from_utf8_lossy(&run.stdout).contains("<svg"));
     }
 }
+
+#[test]
+fn every_artifact_folder_records_its_neurons_and_inspect_shows_where_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = repo("models/fixtures/tiny_llama.onnx");
+    std::fs::write(
+        dir.path().join("n.json"),
+        r#"{"format":"neft.neurons/1","layers":{"val_244":{"axis":1,"rows":[3,10]}}}"#,
+    )
+    .unwrap();
+    let out = neft(
+        &["compile", llama.to_str().unwrap(), "-o", "out", "--neurons", "n.json", "--unit", "mlp-unit"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The neurons actually trained: the unit expanded to gate, up and down.
+    let written = neft::select::NeuronSet::load(&dir.path().join("out/neurons.json")).unwrap();
+    assert_eq!(written.layers.keys().collect::<Vec<_>>(), ["val_242", "val_244", "val_245"]);
+    let svg = std::fs::read_to_string(dir.path().join("out/neurons.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("mlp.down") && svg.contains("3.1%"), "{svg}");
+    let shown = neft(&["inspect", "out"], dir.path());
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("selection by module") && text.contains("out/neurons.svg"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("mlp.down") && l.contains("2/64")), "{text}");
+}

@@ -75,6 +75,30 @@ impl Plan {
         hex_digest(&sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
     }
 
+    /// The selection per trained weight (biases left out), for the heat map and the
+    /// per-module summary of `select`.
+    pub fn layer_shares(&self) -> Vec<crate::select::LayerShare> {
+        self.params
+            .iter()
+            .filter(|p| !p.role.ends_with("(bias)") && !p.rows.is_empty())
+            .map(|p| {
+                let (block, module) = crate::select::split_role(&p.role);
+                let held = if p.mask.is_some() { p.source_rows } else { p.rows.len() };
+                let per_row = crate::onnx::element_count(&p.shape) / held.max(1) as u64;
+                crate::select::LayerShare {
+                    weight: p.source.clone(),
+                    block,
+                    module: if module.is_empty() { "layer".into() } else { module.to_string() },
+                    targeted: true,
+                    rows_selected: p.rows.len(),
+                    rows: p.source_rows,
+                    params_selected: per_row * p.rows.len() as u64,
+                    params: per_row * p.source_rows as u64,
+                }
+            })
+            .collect()
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Plan> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let plan: Plan =

@@ -29,6 +29,10 @@ pub struct ArtifactSummary {
     pub nodes: NodeCounts,
     /// From metrics.jsonl, when training ran.
     pub training: Option<TrainingSummary>,
+    /// The selection per trained weight (what the heat map draws).
+    pub shares: Vec<crate::select::LayerShare>,
+    /// The heat map of the selection (drawn if the folder had none).
+    pub heatmap: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,7 +121,13 @@ pub fn summarize_artifacts(dir: &Path) -> anyhow::Result<ArtifactSummary> {
         neurons_selected: c.neurons_selected,
         neurons_total: c.neurons_total,
     };
+    let heatmap = dir.join("neurons.svg");
+    if !heatmap.is_file() {
+        crate::cli::write_plan_heatmap(&plan, dir)?;
+    }
     Ok(ArtifactSummary {
+        shares: plan.layer_shares(),
+        heatmap: heatmap.display().to_string(),
         dir: dir.display().to_string(),
         source: plan.source.clone(),
         mode: plan.mode.clone(),
@@ -190,6 +200,7 @@ pub fn render_artifacts(s: &ArtifactSummary) -> String {
         let _ =
             writeln!(o, "  {:<rw$} {:<ww$} {:>4} {:>14} {:>10}", l.role, l.weight, l.axis, rows, l.trainable_params);
     }
+    let _ = write!(o, "\nselection by module (heat map: {})\n{}", s.heatmap, crate::select::summary_text(&s.shares));
     let n = &s.nodes;
     let _ = writeln!(
         o,

@@ -117,7 +117,9 @@ pub fn heatmap_svg(shares: &[LayerShare], title: &str) -> String {
     rows.sort_by_key(|b| b.map_or(usize::MAX, |b| b));
     rows.dedup();
     let max = shares.iter().filter(|s| s.targeted).map(LayerShare::share).fold(0.0, f64::max);
-    let w = (LEFT + CELL_W * cols.len() + 20).max(16 + 8 * title.chars().count());
+    // Wide enough for the cells, the title and the legend line (~7 px a character).
+    let legend_end = LEFT + 11 * 14 + 4 + 7 * 62;
+    let w = (LEFT + CELL_W * cols.len() + 20).max(16 + 8 * title.chars().count()).max(legend_end);
     let h = TOP + CELL_H * rows.len() + 56;
     let mut svg = String::new();
     let _ = writeln!(
