@@ -18,14 +18,8 @@ const PASS: &str = "mask_params";
 pub fn mask_params(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> Result<Vec<Trainable>, PassError> {
     graph.set_pass(Some(PASS));
     let mut out = vec![];
-    for (weight, sel) in &neurons.layers {
-        if sel.rows.is_empty() {
-            continue;
-        }
-        let layer = layers
-            .iter()
-            .find(|l| &l.weight == weight)
-            .ok_or_else(|| refuse(PASS, format!("'{weight}' is not a trainable layer")))?;
+    for (layer, sel) in super::selected_layers(PASS, layers, neurons)? {
+        let weight = &layer.weight;
         if layer.source != WeightSource::Initializer {
             return Err(refuse(
                 PASS,

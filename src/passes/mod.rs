@@ -23,3 +23,24 @@ pub enum PassError {
 pub(crate) fn refuse(pass: &'static str, why: impl Into<String>) -> PassError {
     PassError::Refused { pass, why: why.into() }
 }
+
+/// The layers a neuron set selects rows of, with those rows; a weight that is not a
+/// trainable layer is refused in the name of `pass`.
+pub(crate) fn selected_layers<'a>(
+    pass: &'static str,
+    layers: &'a [crate::analyze::Layer],
+    neurons: &'a crate::select::NeuronSet,
+) -> Result<Vec<(&'a crate::analyze::Layer, &'a crate::select::LayerNeurons)>, PassError> {
+    neurons
+        .layers
+        .iter()
+        .filter(|(_, sel)| !sel.rows.is_empty())
+        .map(|(weight, sel)| {
+            let layer = layers
+                .iter()
+                .find(|l| &l.weight == weight)
+                .ok_or_else(|| refuse(pass, format!("'{weight}' is not a trainable layer")))?;
+            Ok((layer, sel))
+        })
+        .collect()
+}

@@ -49,14 +49,7 @@ const PASS: &str = "split_rows";
 pub fn split_rows(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> Result<Vec<Trainable>, PassError> {
     graph.set_pass(Some(PASS));
     let mut out = vec![];
-    for (weight, sel) in &neurons.layers {
-        if sel.rows.is_empty() {
-            continue;
-        }
-        let layer = layers
-            .iter()
-            .find(|l| &l.weight == weight)
-            .ok_or_else(|| refuse(PASS, format!("'{weight}' is not a trainable layer")))?;
+    for (layer, sel) in super::selected_layers(PASS, layers, neurons)? {
         if sel.axis != layer.axis {
             out.push(split_input_rows(graph, layer, &sel.rows)?);
         } else {
