@@ -17,7 +17,7 @@ mod merge;
 pub use merge::{merge, MergeReport};
 
 use crate::artifact::{State, StateTensor};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -81,13 +81,7 @@ impl Adapter {
     pub fn load(path: &Path) -> anyhow::Result<Adapter> {
         let file = path.display().to_string();
         let state = State::load(path)?;
-        let meta = |key: &str| {
-            state
-                .metadata
-                .get(key)
-                .cloned()
-                .with_context(|| format!("{file}: not a neft adapter: metadata '{key}' is missing"))
-        };
+        let meta = |key: &str| state.meta(&file, "neft adapter", key);
         if meta("format")? != ADAPTER_FORMAT {
             bail!("{file}: metadata 'format' is '{}', expected '{ADAPTER_FORMAT}'", meta("format")?);
         }

@@ -197,26 +197,13 @@ fn attention(
 
 /// The layers whose outputs flow into `value` through glue ops only.
 fn sources<'a>(graph: &Graph, value: &str, by_output: &HashMap<String, &'a Layer>) -> Vec<&'a Layer> {
-    let mut found: Vec<&Layer> = vec![];
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![(value.to_string(), 0usize)];
-    while let Some((v, depth)) = stack.pop() {
-        if depth > MAX_DEPTH || !seen.insert(v.clone()) {
-            continue;
-        }
-        if let Some(l) = by_output.get(&v) {
-            if !found.iter().any(|f| f.weight == l.weight) {
-                found.push(l);
-            }
-            continue;
-        }
-        let Some((idx, _)) = graph.producer(&v) else { continue };
-        let Some(op) = graph.op(idx) else { continue };
+    trace_layers(graph, value, by_output, |op| {
         if GLUE.contains(&op.op_type()) {
-            stack.extend(op.input.iter().filter(|i| !i.is_empty()).map(|i| (i.clone(), depth + 1)));
+            op.input.iter().filter(|i| !i.is_empty()).cloned().collect()
+        } else {
+            vec![]
         }
-    }
-    found
+    })
 }
 
 /// The layers feeding an MLP's down projection: through activations, gating products
@@ -230,6 +217,25 @@ fn mlp_sources<'a>(graph: &Graph, value: &str, by_output: &HashMap<String, &'a L
         graph.initializer(name).is_some()
             || graph.producer(name).and_then(|p| graph.op(p.0)).is_some_and(|o| o.op_type() == "Constant")
     };
+    trace_layers(graph, value, by_output, |op| {
+        let variable: Vec<String> = op.input.iter().filter(|i| !i.is_empty() && !constant(i)).cloned().collect();
+        let residual = variable.len() > 1 && op.op_type() != "Mul";
+        if MLP_GLUE.contains(&op.op_type()) && !residual {
+            variable
+        } else {
+            vec![]
+        }
+    })
+}
+
+/// Walks back from `value`, stopping at layer outputs (collected, each once) and
+/// following the inputs `follow` picks of every other producing op.
+fn trace_layers<'a>(
+    graph: &Graph,
+    value: &str,
+    by_output: &HashMap<String, &'a Layer>,
+    follow: impl Fn(&crate::onnx::proto::NodeProto) -> Vec<String>,
+) -> Vec<&'a Layer> {
     let mut found: Vec<&Layer> = vec![];
     let mut seen = BTreeSet::new();
     let mut stack = vec![(value.to_string(), 0usize)];
@@ -244,11 +250,7 @@ fn mlp_sources<'a>(graph: &Graph, value: &str, by_output: &HashMap<String, &'a L
             continue;
         }
         let Some(op) = graph.producer(&v).and_then(|(idx, _)| graph.op(idx)) else { continue };
-        let variable: Vec<&String> = op.input.iter().filter(|i| !i.is_empty() && !constant(i)).collect();
-        let residual = variable.len() > 1 && op.op_type() != "Mul";
-        if MLP_GLUE.contains(&op.op_type()) && !residual {
-            stack.extend(variable.into_iter().map(|i| (i.clone(), depth + 1)));
-        }
+        stack.extend(follow(op).into_iter().map(|i| (i, depth + 1)));
     }
     found
 }

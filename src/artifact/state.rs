@@ -112,6 +112,14 @@ impl State {
         .map_err(|source| StateError::Io { file, source })
     }
 
+    /// A metadata value; the error names the file, the key and what the file should be.
+    pub fn meta(&self, file: &str, what: &str, key: &str) -> anyhow::Result<String> {
+        self.metadata
+            .get(key)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{file}: not a {what}: metadata '{key}' is missing"))
+    }
+
     pub fn load(path: &Path) -> Result<State, StateError> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| StateError::Io { file: file.clone(), source })?;

@@ -123,13 +123,7 @@ impl Profile {
     pub fn load(path: &Path) -> anyhow::Result<Profile> {
         let file = path.display().to_string();
         let state = State::load(path)?;
-        let meta = |key: &str| {
-            state
-                .metadata
-                .get(key)
-                .cloned()
-                .with_context(|| format!("{file}: not a neft profile (no '{key}' metadata)"))
-        };
+        let meta = |key: &str| state.meta(&file, "neft profile", key);
         let number = |key: &str| -> anyhow::Result<u64> {
             meta(key)?.parse().with_context(|| format!("{file}: metadata '{key}' is not a number"))
         };
