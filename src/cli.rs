@@ -185,3 +185,44 @@ pub fn write_plan_heatmap(plan: &crate::artifact::Plan, out: &std::path::Path) -
     crate::fsutil::write_bytes_atomic(&path, crate::select::heatmap_svg(&plan.layer_shares(), &title).as_bytes())?;
     Ok(path)
 }
+
+/// Options of `neft demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for everything the demo writes (an earlier demo's folder is replaced).
+    #[arg(short, long, default_value = "neft-demo")]
+    pub out: PathBuf,
+    /// The small built-in Llama on a pattern task instead of SmolLM2 (seconds, no download).
+    #[arg(long)]
+    pub tiny: bool,
+    /// Where `bash .ci/setup --demo` put SmolLM2 and the verses.
+    #[arg(long, default_value = ".cache")]
+    pub cache: PathBuf,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 120)]
+    pub steps: u64,
+    /// Verses per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// Share of the MLP parameters to train.
+    #[arg(long, default_value = "6%")]
+    pub budget: String,
+}
+
+pub fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
+    if args.tiny {
+        return crate::demo::run_tiny_demo(&args.out);
+    }
+    crate::demo::run_smollm_demo(&crate::demo::DemoSettings {
+        out: args.out.clone(),
+        cache: args.cache.clone(),
+        steps: args.steps,
+        batch: args.batch,
+        lr: args.lr,
+        budget: args.budget.clone(),
+        size: Default::default(),
+    })
+}

@@ -147,7 +147,7 @@ fn mask_mode_on_a_graph_with_gradient_outputs_inserts_masks_without_autodiff() {
 #[test]
 fn the_demo_runs_end_to_end_and_the_loss_falls() {
     let dir = tempfile::tempdir().unwrap();
-    let out = neft(&["demo", "-o", "d"], dir.path());
+    let out = neft(&["demo", "--tiny", "-o", "d"], dir.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let d = dir.path().join("d");
     for f in

@@ -4,10 +4,10 @@
 //! merged model. Each step runs the real `neft` command, printed first, so the output
 //! doubles as a tutorial.
 
-use anyhow::{bail, Context};
+use super::{run_neft, words};
+use anyhow::Context;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
 /// models/fixtures/tiny_llama.onnx: `LlamaForCausalLM` (vocab 128, hidden 32, 2 layers)
 /// exported by `torch.onnx.export(dynamo=True)`, random weights.
@@ -28,7 +28,7 @@ pub fn run_tiny_demo(dir: &Path) -> anyhow::Result<()> {
         ("look at the model", vec!["inspect".into(), p(&model)]),
         (
             "profile activations, select neurons worth 6% of the parameters, rewrite the graph",
-            [
+            words(&[
                 "compile",
                 &p(&model),
                 "-o",
@@ -41,13 +41,11 @@ pub fn run_tiny_demo(dir: &Path) -> anyhow::Result<()> {
                 "all",
                 "--lr",
                 "0.05",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ]),
         ),
         (
             "train the selected rows on ONNX Runtime",
-            [
+            words(&[
                 "train",
                 &p(&out),
                 "--data",
@@ -60,33 +58,23 @@ pub fn run_tiny_demo(dir: &Path) -> anyhow::Result<()> {
                 "16",
                 "--checkpoint-every",
                 "200",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ]),
         ),
         ("see what was compiled and how training went", vec!["inspect".into(), p(&out)]),
         (
             "export the trained rows as an adapter and as a merged model",
-            [
+            words(&[
                 "export",
                 &p(&out),
                 "--adapter",
                 &p(&dir.join("adapter.safetensors")),
                 "--merged",
                 &p(&dir.join("merged.onnx")),
-            ]
-            .map(String::from)
-            .to_vec(),
+            ]),
         ),
     ];
-    let exe = std::env::current_exe().context("finding the neft executable")?;
     for (i, (what, args)) in steps.iter().enumerate() {
-        println!("\n[{}/{}] {what}\n$ neft {}", i + 1, steps.len(), args.join(" "));
-        std::io::stdout().flush().ok();
-        let status = Command::new(&exe).args(args).status().with_context(|| format!("running neft {}", args[0]))?;
-        if !status.success() {
-            bail!("step {} (neft {}) failed", i + 1, args[0]);
-        }
+        run_neft(i + 1, steps.len(), what, args)?;
     }
     println!("\ndone: everything is in {}", dir.display());
     Ok(())

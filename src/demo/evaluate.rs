@@ -1,0 +1,163 @@
+//! Evaluating a causal language model (an ONNX file with `input_ids` in and `logits`
+//! out) on prompt/completion pairs: the mean loss over completion tokens, computed as
+//! training computes it, and greedy continuations of the prompts.
+//!
+//! Greedy decoding runs a small wrapper of the model, `<model>.greedy.onnx` beside it
+//! (same weights file): the logits at each row's last real position are gathered and
+//! reduced to the argmax inside the graph, so one token per row comes back per step
+//! instead of the whole `[batch, len, vocab]` tensor.
+
+use crate::data::{tokenize, Batch, Encode, Example};
+use crate::ir::attr;
+use crate::onnx::make::{self, DimSpec};
+use crate::onnx::{DataType, Model};
+use crate::passes::append_loss::IGNORE_INDEX;
+use crate::runtime::ort::{HostTensor, Session, SessionOptions};
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+
+/// Mean negative log-likelihood per completion token (labels as `neft train` builds
+/// them: prompt masked, end-of-sequence appended), and the number of tokens counted.
+pub fn completion_loss(
+    model: &Path,
+    tokenizer: &dyn Encode,
+    examples: &[Example],
+    batch: usize,
+    seq_len: usize,
+    opts: &SessionOptions,
+) -> anyhow::Result<(f64, usize)> {
+    let mut session = Session::from_file(model, opts)?;
+    let wants_mask = session.input_names().iter().any(|n| n == "attention_mask");
+    let tokenized = tokenize(examples, Some(tokenizer), seq_len)?;
+    let (mut nll, mut count) = (0.0f64, 0usize);
+    for chunk in tokenized.chunks(batch.max(1)) {
+        let refs: Vec<_> = chunk.iter().collect();
+        let b = Batch::new(&refs, tokenizer.pad());
+        let mut feed = vec![("input_ids", b.input_ids.clone())];
+        if wants_mask {
+            feed.push(("attention_mask", attention_mask(chunk.iter().map(|t| t.input_ids.len()), b.input_ids.shape())));
+        }
+        let out = session.run(&feed)?;
+        let logits = logits_of(&out, model)?;
+        let labels = b.labels.clone().into_i64();
+        let (rows, len, vocab) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
+        let flat = logits.as_slice().context("logits are not contiguous")?;
+        for r in 0..rows {
+            for t in 0..len.saturating_sub(1) {
+                let label = labels[r * len + t + 1];
+                if label == IGNORE_INDEX {
+                    continue;
+                }
+                let row = &flat[(r * len + t) * vocab..(r * len + t + 1) * vocab];
+                nll += log_sum_exp(row) - row[label as usize] as f64;
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        bail!("no completion tokens to evaluate");
+    }
+    Ok((nll / count as f64, count))
+}
+
+fn logits_of<'a>(out: &'a [(String, HostTensor)], model: &Path) -> anyhow::Result<&'a ndarray::ArrayD<f32>> {
+    out.iter()
+        .find(|(n, _)| n == "logits")
+        .and_then(|(_, t)| t.as_f32())
+        .filter(|a| a.ndim() == 3)
+        .with_context(|| format!("{}: no float output 'logits' of rank 3", model.display()))
+}
+
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
+}
+
+fn attention_mask(lengths: impl Iterator<Item = usize>, shape: &[usize]) -> HostTensor {
+    let len = shape[1];
+    let data = lengths.flat_map(|n| (0..len).map(move |t| i64::from(t < n))).collect();
+    HostTensor::i64(shape, data)
+}
+
+/// Greedy decoding through the model's greedy wrapper.
+pub struct Greedy {
+    session: Session,
+    wants_mask: bool,
+}
+
+impl Greedy {
+    /// Writes (or reuses) `<model>.greedy.onnx` beside `model` and opens it.
+    pub fn open(model: &Path, opts: &SessionOptions) -> anyhow::Result<Greedy> {
+        let wrapper = write_greedy_wrapper(model)?;
+        let session = Session::from_file(&wrapper, opts)?;
+        let wants_mask = session.input_names().iter().any(|n| n == "attention_mask");
+        Ok(Greedy { session, wants_mask })
+    }
+
+    /// Continues each prompt with the most likely token until `stop` or `max_new`
+    /// tokens; rows are padded on the right, so causal attention never sees padding,
+    /// and finished rows leave the batch.
+    pub fn generate(&mut self, prompts: &[Vec<i64>], max_new: usize, stop: i64) -> anyhow::Result<Vec<Vec<i64>>> {
+        let mut seqs: Vec<Vec<i64>> = prompts.to_vec();
+        let mut out: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
+        let mut active: Vec<usize> = (0..prompts.len()).filter(|&i| !prompts[i].is_empty()).collect();
+        for _ in 0..max_new {
+            if active.is_empty() {
+                break;
+            }
+            let next = self.step(&active.iter().map(|&i| seqs[i].as_slice()).collect::<Vec<_>>(), stop)?;
+            for (&i, &tok) in active.iter().zip(&next) {
+                if tok != stop {
+                    seqs[i].push(tok);
+                    out[i].push(tok);
+                }
+            }
+            active = active.into_iter().zip(next).filter(|&(_, t)| t != stop).map(|(i, _)| i).collect();
+        }
+        Ok(out)
+    }
+
+    fn step(&mut self, rows: &[&[i64]], pad: i64) -> anyhow::Result<Vec<i64>> {
+        let len = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+        let shape = [rows.len(), len];
+        let ids = rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad).take(len - r.len())));
+        let last = rows.iter().map(|r| r.len() as i64 - 1).collect();
+        let mut feed = vec![
+            ("input_ids", HostTensor::i64(&shape, ids.collect())),
+            ("last_index", HostTensor::i64(&[rows.len(), 1], last)),
+        ];
+        if self.wants_mask {
+            feed.push(("attention_mask", attention_mask(rows.iter().map(|r| r.len()), &shape)));
+        }
+        let out = self.session.run(&feed)?;
+        let (_, next) = out.into_iter().find(|(n, _)| n == "next_token").context("greedy wrapper: no next_token")?;
+        Ok(next.into_i64())
+    }
+}
+
+/// `<model>.greedy.onnx`: the model with `last_index` [batch, 1] in and only
+/// `next_token` [batch] out. Written atomically beside the model, sharing its weights.
+fn write_greedy_wrapper(model_path: &Path) -> anyhow::Result<PathBuf> {
+    let model = crate::onnx::load(model_path)?;
+    let mut proto = model.proto.clone();
+    let graph = proto.graph.as_mut().context("model has no graph")?;
+    if !graph.output.iter().any(|o| o.name.as_deref() == Some("logits")) {
+        bail!("{}: no output named 'logits'", model_path.display());
+    }
+    let batch = DimSpec::from("batch");
+    graph.input.push(make::value_info("last_index", DataType::Int64, &[batch.clone(), 1.into()]));
+    let gather =
+        make::node("GatherND", &["logits", "last_index"], &["neft.last_logits"], vec![attr::int("batch_dims", 1)]);
+    let argmax = make::node(
+        "ArgMax",
+        &["neft.last_logits"],
+        &["next_token"],
+        vec![attr::int("axis", -1), attr::int("keepdims", 0)],
+    );
+    graph.node.extend([gather, argmax]);
+    graph.output = vec![make::value_info("next_token", DataType::Int64, &[batch])];
+    let name = format!("{}.greedy.onnx", model_path.file_stem().and_then(|s| s.to_str()).unwrap_or("model"));
+    let path = model_path.with_file_name(name);
+    crate::onnx::save(&Model::new(proto, model.dir.clone()), &path)?;
+    Ok(path)
+}
