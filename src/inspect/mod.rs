@@ -4,16 +4,21 @@
 //! In: a loaded [`Model`]. Out: a [`ModelSummary`] (serializable; the JSON fields are
 //! documented in README.md) and its text rendering.
 
+mod around;
 mod artifact;
 mod check;
 mod diff;
 mod dot;
+mod html;
+mod layer_view;
+mod layered;
 mod table;
 
 pub use artifact::{render_artifacts, summarize_artifacts, ArtifactSummary};
 pub use check::{check_runtime, synthetic_inputs, RuntimeCheck};
 pub use diff::{diff, render_diff, ModelDiff};
 pub use dot::{to_dot, write_dot};
+pub use html::{artifact_html, model_html, write_html, Focus};
 
 use crate::analyze::{find_layers, Layer};
 use crate::ir::Graph;
