@@ -77,8 +77,10 @@ fn note(text: &str) -> String {
     format!("<p class=\"note\">{}</p>\n", escape(text))
 }
 
-fn figure(caption: &str, svg: &str) -> String {
-    format!("<figure><figcaption>{}</figcaption>\n{svg}</figure>\n", escape(caption))
+fn figure(caption: &str, content: &str) -> String {
+    let caption =
+        if caption.is_empty() { String::new() } else { format!("<figcaption>{}</figcaption>\n", escape(caption)) };
+    format!("<figure>{caption}{content}</figure>\n")
 }
 
 /// The report of an artifact folder: plan, sizes, heat map, loss curve, one layer

@@ -154,13 +154,11 @@ fn draw(boxes: &[ViewBox], edges: &BTreeMap<(usize, usize), Vec<String>>, id: &s
         svg,
         r##"<defs><marker id="{id}-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#666"/></marker></defs>"##
     );
-    // Edges first: a long edge then runs behind the boxes it passes instead of over them.
-    for (&(a, b), names) in edges {
-        let (x1, y1) = (l.pos[a].0 + widths[a] / 2.0, l.pos[a].1 + BOX_H);
-        let (x2, y2) = (l.pos[b].0 + widths[b] / 2.0, l.pos[b].1);
+    for (route, names) in l.routes.iter().zip(edges.values()) {
         let _ = writeln!(
             svg,
-            r##"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="#666" marker-end="url(#{id}-arrow)"><title>{}</title></line>"##,
+            r##"<path d="{}" fill="none" stroke="#666" marker-end="url(#{id}-arrow)"><title>{}</title></path>"##,
+            curve(route),
             escape(&names.join(", "))
         );
     }
@@ -169,6 +167,22 @@ fn draw(boxes: &[ViewBox], edges: &BTreeMap<(usize, usize), Vec<String>>, id: &s
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// A route as an SVG path: straight down through the layers it crosses, and between
+/// layers an S-curve that leaves and arrives vertically (so arrowheads point down).
+fn curve(route: &[(f64, f64)]) -> String {
+    let mut d = format!("M{:.1},{:.1}", route[0].0, route[0].1);
+    for pair in route.windows(2) {
+        let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+        let mid = (y0 + y1) / 2.0;
+        let _ = if x0 == x1 {
+            write!(d, " L{x1:.1},{y1:.1}")
+        } else {
+            write!(d, " C{x0:.1},{mid:.1} {x1:.1},{mid:.1} {x1:.1},{y1:.1}")
+        };
+    }
+    d
 }
 
 fn box_svg(b: &ViewBox, (x, y): (f64, f64), w: f64) -> String {
