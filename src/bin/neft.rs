@@ -52,7 +52,7 @@ enum Command {
         dot: Option<PathBuf>,
         /// Write a self-contained HTML report (tables, heat map, loss curve, and one
         /// layer drawn before and after the rewrite; no network needed to view it).
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["diff", "check"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["diff", "check", "dot", "json"])]
         html: Option<PathBuf>,
         /// With --dot: only the values and nodes within --depth edges of this value or
         /// node. With --html: the layer to draw (weight name or role, e.g. val_244 or

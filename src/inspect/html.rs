@@ -9,7 +9,7 @@
 //! [`super::layer_view`].
 
 use super::artifact::{nodes_text, pass_table, plan_facts, size_facts, tensor_table, training_text};
-use super::layer_view::{layer_view, legend_html, ViewRequest, MAX_NODES};
+use super::layer_view::{layer_view, legend_html, LayerView, ViewRequest, MAX_NODES};
 use super::table::{facts_html, Table};
 use super::{layer_table, model_facts, ops_by_count, parameters_text, trainable_text, value_table};
 use crate::artifact::Plan;
@@ -146,19 +146,13 @@ fn before_after_html(dir: &Path, plan: &Plan, p: &Trainable, depth: usize) -> an
     let mut figs = String::new();
     let mut notes = vec![];
     let mut before_keys = BTreeSet::new();
-    match crate::onnx::load(&plan.source.path) {
-        Ok(model) => {
-            let graph = Graph::from_proto(model.graph())?;
-            let none = BTreeSet::new();
-            let req = ViewRequest { around: &p.source, depth, trainable: &none, selected: &selected, id: "before" };
-            let before = layer_view(&graph, &req)?;
+    match before_view(plan, p, depth, &selected) {
+        Ok(before) => {
             figs += &figure(&format!("before: {} in the source model", p.source), &before.svg);
             notes.push(cut_note("before", before.cut));
             before_keys = before.keys;
         }
-        Err(e) => {
-            notes.push(format!("The source model is not where the plan says ({e}), so only the train step is drawn."))
-        }
+        Err(e) => notes.push(format!("No picture of the source model: {e:#}.")),
     }
     figs += &figure(&format!("after: {} in train_step.onnx", p.name), &after.svg);
     notes.push(cut_note("after", after.cut));
@@ -179,6 +173,18 @@ fn view_note(notes: &[String], model: &Path, around: &str, depth: usize) -> Stri
         escape(&text.join(" ")),
         escape(&command)
     )
+}
+
+/// The weight in the model the plan was compiled from, if that file is still there and
+/// unchanged (a different model would draw a misleading "before").
+fn before_view(plan: &Plan, p: &Trainable, depth: usize, selected: &BTreeSet<String>) -> anyhow::Result<LayerView> {
+    let path = Path::new(&plan.source.path);
+    if crate::artifact::SourceInfo::of_file(path)?.sha256 != plan.source.sha256 {
+        anyhow::bail!("{} has changed since it was compiled", path.display());
+    }
+    let graph = Graph::from_proto(crate::onnx::load(path)?.graph())?;
+    let none = BTreeSet::new();
+    layer_view(&graph, &ViewRequest { around: &p.source, depth, trainable: &none, selected, id: "before" })
 }
 
 fn cut_note(which: &str, cut: usize) -> String {
