@@ -108,10 +108,11 @@ pub fn artifact_html(dir: &Path, focus: &Focus) -> anyhow::Result<String> {
 fn training_html(dir: &Path, summary: Option<&super::artifact::TrainingSummary>) -> anyhow::Result<String> {
     let path = dir.join(crate::train::metrics::METRICS_FILE);
     let Some(t) = summary.filter(|_| path.is_file()) else {
-        return Ok(note(&format!(
-            "Not trained yet: `neft train {} --data TRAIN.jsonl` writes metrics.jsonl, and this section then shows the loss curve.",
-            dir.display()
-        )));
+        let command = format!("neft train {} --data TRAIN.jsonl", dir.display());
+        return Ok(format!(
+            "<p class=\"note\">Not trained yet: <code>{}</code> writes metrics.jsonl, and this section then shows the loss curve.</p>\n",
+            escape(&command)
+        ));
     };
     let records = crate::train::metrics::read(&path)?;
     Ok(format!("{}{}", note(&training_text(t)), figure("", &crate::train::plot::loss_svg(&records))))
@@ -123,6 +124,7 @@ fn pick_trained<'a>(plan: &'a Plan, around: Option<&str>) -> anyhow::Result<&'a 
     let weights = || plan.params.iter().filter(|p| !p.role.ends_with("(bias)"));
     let found = match around {
         Some(n) => weights().find(|p| p.source == n || p.name == n || p.role == n),
+        // Reversed so that of equals the first wins (max_by_key keeps the last).
         None => weights().rev().max_by_key(|p| p.rows.len()),
     };
     found.ok_or_else(|| {
