@@ -178,11 +178,16 @@ pub fn run_build_model(args: &BuildModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `OUT/neurons.svg`: the selected share per block and module, drawn from the plan.
+/// The selected share per block and module, drawn from the plan.
+pub fn plan_heatmap_svg(plan: &crate::artifact::Plan) -> String {
+    let title = format!("{} neurons, {} mode", plan.counts.neurons_selected, plan.mode);
+    crate::select::heatmap_svg(&plan.layer_shares(), &title)
+}
+
+/// `OUT/neurons.svg`: [`plan_heatmap_svg`] as a file.
 pub fn write_plan_heatmap(plan: &crate::artifact::Plan, out: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let path = out.join("neurons.svg");
-    let title = format!("{} neurons, {} mode", plan.counts.neurons_selected, plan.mode);
-    crate::fsutil::write_bytes_atomic(&path, crate::select::heatmap_svg(&plan.layer_shares(), &title).as_bytes())?;
+    crate::fsutil::write_bytes_atomic(&path, plan_heatmap_svg(plan).as_bytes())?;
     Ok(path)
 }
 

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod fsutil;
 pub mod inspect;
 pub mod ir;
+pub mod markup;
 #[path = "../models/mod.rs"]
 pub mod models;
 pub mod onnx;

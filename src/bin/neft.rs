@@ -30,6 +30,7 @@ enum Command {
     /// trainable layers (MatMul, Gemm, Conv with an initializer weight) with their neurons.
     /// Given an artifact folder from `neft compile`: what was compiled, the trainable
     /// neurons per layer, sizes before and after, and what each pass added.
+    #[command(group = clap::ArgGroup::new("view").args(["dot", "html"]).multiple(true))]
     Inspect {
         /// The .onnx file (external data are read from its folder), or an artifact folder.
         model: PathBuf,
@@ -47,12 +48,20 @@ enum Command {
         /// Write the graph as Graphviz DOT (SVG when FILE ends in .svg, through `dot`).
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
-        /// With --dot: only the values and nodes within --depth edges of this value or node.
-        #[arg(long, requires = "dot")]
+        /// Write a self-contained HTML report (tables, heat map, loss curve, and one
+        /// layer drawn before and after the rewrite; no network needed to view it).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["diff", "check", "dot", "json"])]
+        html: Option<PathBuf>,
+        /// With --dot: only the values and nodes within --depth edges of this value or
+        /// node. With --html: the layer to draw (weight name or role, e.g. val_244 or
+        /// "block 0 / mlp.up"); by default the one with the most selected neurons, or
+        /// a model's first trainable layer.
+        #[arg(long, requires = "view")]
         around: Option<String>,
-        /// With --around: how many edges away to draw.
-        #[arg(long, default_value_t = 2)]
-        depth: usize,
+        /// With --around or --html: how many edges away to draw [default: 2 for --dot,
+        /// 3 for --html].
+        #[arg(long, requires = "view")]
+        depth: Option<usize>,
         /// Execution provider for --check: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu", requires = "check")]
         ep: neft::runtime::Ep,
@@ -107,10 +116,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Inspect { model, html: Some(file), around, depth, .. } => {
+            let focus = inspect::Focus { around: around.as_deref(), depth: depth.unwrap_or(3) };
+            let page = if model.is_dir() {
+                inspect::artifact_html(&model, &focus)?
+            } else {
+                let m = onnx::load(&model)?;
+                let graph =
+                    ir::Graph::from_proto(m.graph()).with_context(|| format!("{}: invalid graph", model.display()))?;
+                inspect::model_html(&m, &graph, &focus)?
+            };
+            inspect::write_html(&file, &page)?;
+            println!("wrote {}", file.display());
+            Ok(())
+        }
         Command::Inspect { model, dot: Some(file), around, depth, .. } if !model.is_dir() => {
             let m = onnx::load(&model)?;
             let graph = ir::Graph::from_proto(m.graph())?;
-            let text = inspect::to_dot(&graph, around.as_deref(), depth)?;
+            let text = inspect::to_dot(&graph, around.as_deref(), depth.unwrap_or(2))?;
             inspect::write_dot(&text, &file)?;
             println!("wrote {}", file.display());
             Ok(())

@@ -5,6 +5,7 @@
 //! its text rendering.
 
 use super::human_bytes;
+use super::table::{facts_text, Facts, Table};
 use crate::artifact::Plan;
 use crate::ir::PASS_KEY;
 use crate::onnx;
@@ -154,82 +155,97 @@ fn training_summary(path: &Path) -> Option<TrainingSummary> {
     Some(TrainingSummary { steps: last.0, first_loss: first.1, last_loss: last.1, last_eval_loss })
 }
 
-pub fn render_artifacts(s: &ArtifactSummary) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "artifacts  {}", s.dir);
-    let _ = writeln!(
-        o,
-        "source     {} (sha256 {}…, {})",
-        s.source.path,
-        &s.source.sha256[..12.min(s.source.sha256.len())],
-        human_bytes(s.source.bytes)
-    );
-    let _ = writeln!(
-        o,
-        "mode       {}; loss {}; {} at lr {}{}",
-        s.mode,
-        s.loss,
-        s.optimizer,
-        s.lr,
-        s.clip.map(|c| format!(", clip {c}")).unwrap_or_default()
-    );
+/// What was compiled and from what: the header of the report.
+pub(super) fn plan_facts(s: &ArtifactSummary) -> Facts {
+    let sha = &s.source.sha256[..12.min(s.source.sha256.len())];
+    let clip = s.clip.map(|c| format!(", clip {c}")).unwrap_or_default();
+    vec![
+        ("artifacts", s.dir.clone()),
+        ("source", format!("{} (sha256 {sha}…, {})", s.source.path, human_bytes(s.source.bytes))),
+        ("mode", format!("{}; loss {}; {} at lr {}{clip}", s.mode, s.loss, s.optimizer, s.lr)),
+    ]
+}
+
+/// How much trains, and what that costs in memory.
+pub(super) fn size_facts(s: &ArtifactSummary) -> Facts {
     let z = &s.sizes;
     let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
-    let _ = writeln!(
-        o,
-        "\nneurons    {} of {} ({:.2}%)\nparameters {} trainable of {} ({:.2}%)\noptimizer  {} of state\nmemory     about {} for weights, gradients and optimizer state (full fine-tuning: {}; activations not counted)",
-        z.neurons_selected,
-        z.neurons_total,
-        pct(z.neurons_selected, z.neurons_total),
-        z.trainable_params,
-        z.model_params,
-        pct(z.trainable_params, z.model_params),
-        human_bytes(z.optimizer_state_bytes),
-        human_bytes(z.train_memory_bytes),
-        human_bytes(z.train_memory_full_bytes)
-    );
-    let rw = s.layers.iter().map(|l| l.role.len()).max().unwrap_or(4).max(4);
-    let ww = s.layers.iter().map(|l| l.weight.len()).max().unwrap_or(6).max(6);
-    let _ = writeln!(
-        o,
-        "\ntrainable tensors\n  {:<rw$} {:<ww$} {:>4} {:>14} {:>10}",
-        "role", "weight", "axis", "rows", "params"
-    );
+    vec![
+        (
+            "neurons",
+            format!("{} of {} ({:.2}%)", z.neurons_selected, z.neurons_total, pct(z.neurons_selected, z.neurons_total)),
+        ),
+        (
+            "parameters",
+            format!(
+                "{} trainable of {} ({:.2}%)",
+                z.trainable_params,
+                z.model_params,
+                pct(z.trainable_params, z.model_params)
+            ),
+        ),
+        ("optimizer", format!("{} of state", human_bytes(z.optimizer_state_bytes))),
+        (
+            "memory",
+            format!(
+                "about {} for weights, gradients and optimizer state (full fine-tuning: {}; activations not counted)",
+                human_bytes(z.train_memory_bytes),
+                human_bytes(z.train_memory_full_bytes)
+            ),
+        ),
+    ]
+}
+
+/// One row per trainable tensor: which rows of which weight.
+pub(super) fn tensor_table(s: &ArtifactSummary) -> Table {
+    let mut t = Table::new(&["role", "weight", ">axis", ">rows", ">params"]);
     for l in &s.layers {
         let rows = format!("{}/{}", l.selected, l.total);
-        let _ =
-            writeln!(o, "  {:<rw$} {:<ww$} {:>4} {:>14} {:>10}", l.role, l.weight, l.axis, rows, l.trainable_params);
+        t.row(vec![l.role.clone(), l.weight.clone(), l.axis.to_string(), rows, l.trainable_params.to_string()]);
     }
-    let _ = write!(o, "\nselection by module (heat map: {})\n{}", s.heatmap, crate::select::summary_text(&s.shares));
-    let n = &s.nodes;
-    let _ = writeln!(
-        o,
-        "\nnodes      train step {} = forward {} + backward {} ({:.2}x forward) + optimizer {}; eval {}",
+    t
+}
+
+/// The train step's node counts: forward, backward, optimizer; and eval.
+pub(super) fn nodes_text(n: &NodeCounts) -> String {
+    format!(
+        "train step {} = forward {} + backward {} ({:.2}x forward) + optimizer {}; eval {}",
         n.train_step,
         n.forward,
         n.backward,
         n.backward as f64 / n.forward.max(1) as f64,
         n.optimizer,
         n.eval
-    );
-    let _ = writeln!(o, "passes");
+    )
+}
+
+/// Per pass label: how many nodes it added, most frequent op types first.
+pub(super) fn pass_table(s: &ArtifactSummary) -> Table {
+    let mut t = Table::new(&["pass", ">nodes", "ops"]);
     for (label, ops) in &s.passes {
         let total: usize = ops.values().sum();
         let mut list: Vec<(&String, &usize)> = ops.iter().collect();
         list.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let top: Vec<String> = list.iter().take(8).map(|(k, v)| format!("{k} {v}")).collect();
         let more = if list.len() > 8 { ", ..." } else { "" };
-        let _ = writeln!(o, "  {label:<12} {total:>6} nodes: {}{more}", top.join(", "));
+        t.row(vec![label.clone(), total.to_string(), format!("{}{more}", top.join(", "))]);
     }
+    t
+}
+
+pub(super) fn training_text(t: &TrainingSummary) -> String {
+    let eval = t.last_eval_loss.map(|e| format!(", eval loss {e:.4}")).unwrap_or_default();
+    format!("{} steps, loss {:.4} -> {:.4}{eval}", t.steps, t.first_loss, t.last_loss)
+}
+
+pub fn render_artifacts(s: &ArtifactSummary) -> String {
+    let mut o = facts_text(&plan_facts(s));
+    let _ = write!(o, "\n{}", facts_text(&size_facts(s)));
+    let _ = write!(o, "\ntrainable tensors\n{}", tensor_table(s).text());
+    let _ = write!(o, "\nselection by module (heat map: {})\n{}", s.heatmap, crate::select::summary_text(&s.shares));
+    let _ = write!(o, "\nnodes      {}\npasses\n{}", nodes_text(&s.nodes), pass_table(s).text());
     if let Some(t) = &s.training {
-        let _ = writeln!(
-            o,
-            "\ntraining   {} steps, loss {:.4} -> {:.4}{}",
-            t.steps,
-            t.first_loss,
-            t.last_loss,
-            t.last_eval_loss.map(|e| format!(", eval loss {e:.4}")).unwrap_or_default()
-        );
+        let _ = writeln!(o, "\ntraining   {}", training_text(t));
     }
     o
 }

@@ -6,10 +6,15 @@
 use crate::ir::{Graph, Node, NodeIndex, PASS_KEY};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
-fn pass_colour(pass: Option<&str>) -> &'static str {
+/// Graph inputs: trainable rows, data, optimizer state.
+pub(super) const INPUT_FILL: &str = "#b8e0b8";
+/// Initializers: weights the train step never changes.
+pub(super) const FROZEN_FILL: &str = "#dddddd";
+
+pub(super) fn pass_colour(pass: Option<&str>) -> &'static str {
     match pass {
         None => "#ffffff",
         Some("autodiff") => "#fde2c8",
@@ -24,31 +29,12 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// Nodes within `depth` edges of the value or node called `around` (either direction),
-/// or every node.
+/// Nodes within `depth` edges of the value or node called `around`, or every node.
 fn selection(graph: &Graph, around: Option<&str>, depth: usize) -> anyhow::Result<BTreeSet<NodeIndex>> {
-    let all: Vec<NodeIndex> = graph.topo_order()?;
-    let Some(name) = around else { return Ok(all.into_iter().collect()) };
-    let start = graph
-        .producer(name)
-        .map(|p| p.0)
-        .or_else(|| all.iter().copied().find(|&i| graph.op(i).is_some_and(|o| o.name() == name)))
-        .ok_or_else(|| anyhow::anyhow!("--around {name}: no value or node of that name in the graph"))?;
-    let mut seen = BTreeSet::from([start]);
-    let mut queue = VecDeque::from([(start, 0usize)]);
-    while let Some((n, d)) = queue.pop_front() {
-        if d == depth {
-            continue;
-        }
-        for dir in [Direction::Incoming, Direction::Outgoing] {
-            for m in graph.g.neighbors_directed(n, dir) {
-                if seen.insert(m) {
-                    queue.push_back((m, d + 1));
-                }
-            }
-        }
+    match around {
+        Some(name) => Ok(super::around::neighbourhood(graph, name, depth)?.into_iter().collect()),
+        None => Ok(graph.topo_order()?.into_iter().collect()),
     }
-    Ok(seen)
 }
 
 pub fn to_dot(graph: &Graph, around: Option<&str>, depth: usize) -> anyhow::Result<String> {
@@ -71,17 +57,23 @@ pub fn to_dot(graph: &Graph, around: Option<&str>, depth: usize) -> anyhow::Resu
                 )
             }
             Node::Input(v) => {
-                format!("{id} [shape=ellipse, style=filled, fillcolor=\"#b8e0b8\", label={}];", quote(v.name()))
+                format!(
+                    "{id} [shape=ellipse, style=filled, fillcolor={}, label={}];",
+                    quote(INPUT_FILL),
+                    quote(v.name())
+                )
             }
             Node::Initializer(t) => {
                 format!(
-                    "{id} [shape=box, style=filled, fillcolor=\"#dddddd\", label={}];",
+                    "{id} [shape=box, style=filled, fillcolor={}, label={}];",
+                    quote(FROZEN_FILL),
                     quote(&format!("{} {:?}", t.name(), t.dims))
                 )
             }
             Node::SparseInitializer(s) => {
                 format!(
-                    "{id} [shape=box, style=filled, fillcolor=\"#dddddd\", label={}];",
+                    "{id} [shape=box, style=filled, fillcolor={}, label={}];",
+                    quote(FROZEN_FILL),
                     quote(s.values.as_ref().map(|v| v.name()).unwrap_or(""))
                 )
             }

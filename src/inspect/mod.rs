@@ -4,15 +4,21 @@
 //! In: a loaded [`Model`]. Out: a [`ModelSummary`] (serializable; the JSON fields are
 //! documented in README.md) and its text rendering.
 
+mod around;
 mod artifact;
 mod check;
 mod diff;
 mod dot;
+mod html;
+mod layer_view;
+mod layered;
+mod table;
 
 pub use artifact::{render_artifacts, summarize_artifacts, ArtifactSummary};
 pub use check::{check_runtime, synthetic_inputs, RuntimeCheck};
 pub use diff::{diff, render_diff, ModelDiff};
 pub use dot::{to_dot, write_dot};
+pub use html::{artifact_html, model_html, write_html, Focus};
 
 use crate::analyze::{find_layers, Layer};
 use crate::ir::Graph;
@@ -22,6 +28,7 @@ use crate::onnx::{dtype_name, dtype_size, Model};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use table::{facts_text, Facts, Table};
 
 #[derive(Debug, Serialize)]
 pub struct ModelSummary {
@@ -168,72 +175,84 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// The header of the model report: file, format, producer.
+fn model_facts(s: &ModelSummary) -> Facts {
+    let opsets: Vec<String> = s.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect();
+    let mut facts = vec![
+        ("model", s.path.clone()),
+        ("format", format!("IR version {}, opsets: {}", s.ir_version, opsets.join(", "))),
+    ];
+    if !s.producer.is_empty() {
+        facts.push(("producer", s.producer.clone()));
+    }
+    facts
+}
+
+/// Graph inputs or outputs with their types and shapes.
+fn value_table(values: &[ValueSummary]) -> Table {
+    let mut t = Table::new(&["name", "dtype", "shape"]);
+    for v in values {
+        t.row(vec![v.name.clone(), v.dtype.clone(), shape_text(&v.shape)]);
+    }
+    t
+}
+
+/// Op types, most frequent first.
+fn ops_by_count(s: &ModelSummary) -> Vec<(&str, usize)> {
+    let mut ops: Vec<(&str, usize)> = s.op_histogram.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    ops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    ops
+}
+
+fn parameters_text(p: &Parameters) -> String {
+    let external =
+        if p.external_bytes > 0 { format!(" ({} external)", human_bytes(p.external_bytes)) } else { String::new() };
+    format!("{} in {} initializers, {}{external}", p.count, p.tensors, human_bytes(p.bytes))
+}
+
+fn trainable_text(t: &Trainable) -> String {
+    format!("{} layers with {} neurons, {} parameters", t.layers, t.neurons, t.params)
+}
+
+/// One row per trainable layer: its role, weight, neurons and the node using it.
+fn layer_table(layers: &[Layer]) -> Table {
+    let mut t = Table::new(&["role", "weight", "kind", "shape", ">axis", ">neurons", ">params", "node"]);
+    for l in layers {
+        let shape: Vec<String> = l.shape.iter().map(|d| d.to_string()).collect();
+        let mut node = l.node.clone();
+        if let Some(b) = &l.bias {
+            let _ = write!(node, " +bias {b}");
+        }
+        if l.uses > 1 {
+            let _ = write!(node, " (used {}x)", l.uses);
+        }
+        t.row(vec![
+            l.role.clone(),
+            l.weight.clone(),
+            format!("{:?}", l.kind),
+            format!("[{}]", shape.join(", ")),
+            l.axis.to_string(),
+            l.neurons.to_string(),
+            l.params.to_string(),
+            node,
+        ]);
+    }
+    t
+}
+
 /// The text report printed by `neft inspect MODEL.onnx`.
 pub fn render_text(s: &ModelSummary) -> String {
-    let mut o = String::new();
-    let opsets: Vec<String> = s.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect();
-    let _ = writeln!(o, "model      {}", s.path);
-    let _ = writeln!(o, "format     IR version {}, opsets: {}", s.ir_version, opsets.join(", "));
-    if !s.producer.is_empty() {
-        let _ = writeln!(o, "producer   {}", s.producer);
-    }
-    let _ = writeln!(o, "\ninputs");
-    for v in &s.inputs {
-        let _ = writeln!(o, "  {:<24} {:<8} {}", v.name, v.dtype, shape_text(&v.shape));
-    }
-    let _ = writeln!(o, "outputs");
-    for v in &s.outputs {
-        let _ = writeln!(o, "  {:<24} {:<8} {}", v.name, v.dtype, shape_text(&v.shape));
-    }
+    let mut o = facts_text(&model_facts(s));
+    let _ = write!(o, "\ninputs\n{}outputs\n{}", value_table(&s.inputs).text(), value_table(&s.outputs).text());
     let _ = writeln!(o, "\nnodes      {} ({} op types)", s.nodes, s.op_histogram.len());
-    let mut ops: Vec<(&String, &usize)> = s.op_histogram.iter().collect();
-    ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    let line: Vec<String> = ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let line: Vec<String> = ops_by_count(s).iter().map(|(k, v)| format!("{k} {v}")).collect();
     for chunk in line.chunks(8) {
         let _ = writeln!(o, "  {}", chunk.join(", "));
     }
-    let p = &s.parameters;
-    let _ = writeln!(
-        o,
-        "\nparameters {} in {} initializers, {}{}",
-        p.count,
-        p.tensors,
-        human_bytes(p.bytes),
-        if p.external_bytes > 0 { format!(" ({} external)", human_bytes(p.external_bytes)) } else { String::new() }
-    );
-    let t = &s.trainable;
-    let _ = writeln!(o, "\ntrainable layers: {} with {} neurons, {} parameters", t.layers, t.neurons, t.params);
+    let _ = writeln!(o, "\nparameters {}", parameters_text(&s.parameters));
+    let _ = writeln!(o, "\ntrainable {}", trainable_text(&s.trainable));
     if !s.layers.is_empty() {
-        let rw = s.layers.iter().map(|l| l.role.len()).max().unwrap_or(0).max(4);
-        let ww = s.layers.iter().map(|l| l.weight.len()).max().unwrap_or(0).max(6);
-        let _ = writeln!(
-            o,
-            "  {:<rw$} {:<ww$} {:<7} {:<18} {:>4} {:>8} {:>10}  node",
-            "role", "weight", "kind", "shape", "axis", "neurons", "params"
-        );
-        for l in &s.layers {
-            let shape: Vec<String> = l.shape.iter().map(|d| d.to_string()).collect();
-            let mut extra = String::new();
-            if let Some(b) = &l.bias {
-                let _ = write!(extra, " +bias {b}");
-            }
-            if l.uses > 1 {
-                let _ = write!(extra, " (used {}x)", l.uses);
-            }
-            let _ = writeln!(
-                o,
-                "  {:<rw$} {:<ww$} {:<7} {:<18} {:>4} {:>8} {:>10}  {}{}",
-                l.role,
-                l.weight,
-                format!("{:?}", l.kind),
-                format!("[{}]", shape.join(", ")),
-                l.axis,
-                l.neurons,
-                l.params,
-                l.node,
-                extra
-            );
-        }
+        o.push_str(&layer_table(&s.layers).text());
     }
     o
 }

@@ -6,6 +6,7 @@
 
 use super::units::{split_role, Group};
 use crate::analyze::Layer;
+use crate::markup::escape;
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -200,8 +201,4 @@ fn shade(t: f64) -> String {
     let t = t.clamp(0.0, 1.0);
     let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
     format!("#{:02x}{:02x}{:02x}", lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
