@@ -14,6 +14,7 @@ use crate::onnx::{DataType, Model};
 use crate::passes::append_loss::IGNORE_INDEX;
 use crate::runtime::ort::{HostTensor, Session, SessionOptions};
 use anyhow::{bail, Context};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Mean negative log-likelihood per completion token (labels as `neft train` builds
@@ -94,10 +95,16 @@ impl Greedy {
         Ok(Greedy { session, wants_mask })
     }
 
-    /// Continues each prompt with the most likely token until `stop` or `max_new`
-    /// tokens; rows are padded on the right, so causal attention never sees padding,
-    /// and finished rows leave the batch.
-    pub fn generate(&mut self, prompts: &[Vec<i64>], max_new: usize, stop: i64) -> anyhow::Result<Vec<Vec<i64>>> {
+    /// Continues each prompt with the most likely token until a token of `stop` (not
+    /// kept) or `max_new` tokens; rows are padded on the right with `pad`, so causal
+    /// attention never sees padding, and finished rows leave the batch.
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<i64>],
+        max_new: usize,
+        stop: &HashSet<i64>,
+        pad: i64,
+    ) -> anyhow::Result<Vec<Vec<i64>>> {
         let mut seqs: Vec<Vec<i64>> = prompts.to_vec();
         let mut out: Vec<Vec<i64>> = vec![vec![]; prompts.len()];
         let mut active: Vec<usize> = (0..prompts.len()).filter(|&i| !prompts[i].is_empty()).collect();
@@ -105,14 +112,14 @@ impl Greedy {
             if active.is_empty() {
                 break;
             }
-            let next = self.step(&active.iter().map(|&i| seqs[i].as_slice()).collect::<Vec<_>>(), stop)?;
+            let next = self.step(&active.iter().map(|&i| seqs[i].as_slice()).collect::<Vec<_>>(), pad)?;
             for (&i, &tok) in active.iter().zip(&next) {
-                if tok != stop {
+                if !stop.contains(&tok) {
                     seqs[i].push(tok);
                     out[i].push(tok);
                 }
             }
-            active = active.into_iter().zip(next).filter(|&(_, t)| t != stop).map(|(i, _)| i).collect();
+            active = active.into_iter().zip(next).filter(|(_, t)| !stop.contains(t)).map(|(i, _)| i).collect();
         }
         Ok(out)
     }

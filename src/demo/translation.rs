@@ -9,6 +9,7 @@ use crate::data::{Encode, Example};
 use crate::runtime::ort::SessionOptions;
 use anyhow::Context;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -121,6 +122,20 @@ pub struct Sample {
     pub translation: String,
 }
 
+/// A translation is one line: it ends at the end-of-sequence token or at any token
+/// that writes a line break (a base model otherwise goes on to comment on its answer).
+fn line_ends(tokenizer: &tokenizers::Tokenizer) -> anyhow::Result<HashSet<i64>> {
+    let eos = tokenizer.eos().context("the tokenizer has no end-of-sequence token")?;
+    let mut stop: HashSet<i64> = tokenizer
+        .get_vocab(true)
+        .into_values()
+        .filter(|&id| tokenizer.decode(&[id], false).is_ok_and(|t| t.contains('\n')))
+        .map(i64::from)
+        .collect();
+    stop.insert(eos);
+    Ok(stop)
+}
+
 /// Longest translation generated, in tokens.
 const MAX_NEW_TOKENS: usize = 64;
 const EVAL_BATCH: usize = 8;
@@ -137,11 +152,11 @@ pub fn score(
     let (loss, loss_tokens) = completion_loss(model, tokenizer, &task.eval_examples, EVAL_BATCH, SEQ_LEN, opts)?;
     let prompts: Vec<Vec<i64>> =
         task.translate.iter().map(|p| tokenizer.encode(&bible::prompt(&p.en))).collect::<anyhow::Result<_>>()?;
-    let stop = tokenizer.eos().context("the tokenizer has no end-of-sequence token")?;
+    let stop = line_ends(tokenizer)?;
     let mut greedy = Greedy::open(model, opts)?;
     let mut outputs = vec![];
     for chunk in prompts.chunks(EVAL_BATCH) {
-        outputs.extend(greedy.generate(chunk, MAX_NEW_TOKENS, stop)?);
+        outputs.extend(greedy.generate(chunk, MAX_NEW_TOKENS, &stop, tokenizer.pad())?);
     }
     let translations: Vec<String> = outputs
         .iter()
