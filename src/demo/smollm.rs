@@ -51,7 +51,7 @@ pub fn run_smollm_demo(s: &DemoSettings) -> anyhow::Result<()> {
     let p = |p: &Path| p.display().to_string();
     let (model_dir, out, data) = (s.out.join("smollm2"), s.out.join("out"), s.out.join("data"));
     let model = model_dir.join("model.onnx");
-    let steps = 7;
+    let steps = 8;
 
     run_neft(
         1,
@@ -131,6 +131,13 @@ pub fn run_smollm_demo(s: &DemoSettings) -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64();
     let report = Report { settings: s, train_verses: task.train_count, before: &before, after: &after, seconds };
     let dir = write_report(&s.out, &out, &report)?;
+    let page = dir.join("index.html");
+    run_neft(
+        8,
+        steps,
+        "see what was compiled and how training went",
+        &words(&["inspect", &p(&out), "--html", &p(&page)]),
+    )?;
     print_comparison(&before, &after);
     println!("\ndone in {:.1} min: report in {}, artifacts in {}", seconds / 60.0, dir.display(), s.out.display());
     Ok(())
@@ -174,7 +181,8 @@ fn print_comparison(before: &Scores, after: &Scores) {
 }
 
 /// `OUT/report/`: results.json, README.md (the numbers and samples in words), and the
-/// loss curve, neuron heat map and metrics copied from the artifact folder.
+/// loss curve, neuron heat map and metrics copied from the artifact folder (the
+/// caller adds index.html, `neft inspect --html`).
 fn write_report(root: &Path, artifacts: &Path, r: &Report) -> anyhow::Result<PathBuf> {
     let dir = root.join("report");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -198,7 +206,8 @@ fn report_text(r: &Report) -> String {
          scored on held-out verses. Total time {:.1} min.\n\n\
          | | before | after |\n|---|---:|---:|\n\
          | eval loss ({} tokens) | {:.3} | {:.3} |\n| perplexity | {:.1} | {:.1} |\n| chrF ({} verses) | {:.1} | {:.1} |\n\n\
-         Loss curve: loss.svg. Where the trained units are: neurons.svg.\n",
+         Loss curve: loss.svg. Where the trained units are: neurons.svg. \
+         What was compiled, and one rewritten layer before and after: index.html.\n",
         s.budget,
         s.size.calibration,
         s.steps,

@@ -96,7 +96,7 @@ pub fn summarize_artifacts(dir: &Path) -> anyhow::Result<ArtifactSummary> {
             *passes.entry(l).or_default().entry(n.op_type().to_string()).or_default() += 1;
         }
     }
-    let layers = plan
+    let mut layers: Vec<LayerPlan> = plan
         .params
         .iter()
         .map(|p| LayerPlan {
@@ -109,6 +109,8 @@ pub fn summarize_artifacts(dir: &Path) -> anyhow::Result<ArtifactSummary> {
             trainable_params: crate::onnx::element_count(&p.shape),
         })
         .collect();
+    // Block 2 before block 10 (the plan lists tensors by name).
+    layers.sort_by_key(|l| crate::select::split_role(&l.role).0.unwrap_or(usize::MAX));
     let c = &plan.counts;
     // Per trainable element: the value and its gradient (4 + 4 bytes) plus the state.
     let state_per_param = plan.optimizer.state_suffixes().len() as u64 * 4;
