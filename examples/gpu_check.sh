@@ -4,7 +4,10 @@
 # for how they travel) and a release `neft` binary into $NEFT.
 #   1. the CUDA execution provider registers and runs a PyTorch-exported Llama;
 #   2. the same training run on CPU and CUDA (tiny Llama): losses side by side;
-#   3. SmolLM2-135M-shaped training throughput on CUDA: full MLP, paper masks, split rows.
+#   3. SmolLM2-135M-shaped training throughput on CUDA: full MLP, paper masks, split rows,
+#      with ONNX Runtime's default arena growth and again with NEFT_CUDA_ARENA=same-as-requested;
+#   4. if Nsight Systems (nsys) is installed: a trace of 10 split-6% steps (GPU kernel times,
+#      unlike ONNX Runtime's profile, which charges a node with any wait it hits).
 set -euo pipefail
 : "${ORTDIR:?}" "${NEFT:?}" "${WORK:=/tmp/neftgpu}"
 export ORT_DYLIB_PATH=$ORTDIR/libonnxruntime.so.1.31.1
@@ -87,10 +90,26 @@ sec = b["seconds"] - a["seconds"]
 print(f"| {name} | {json.load(open(f'art_{name}/plan.json'))['counts']['trainable_params']} | {1000*sec/len(m[5:]):.1f} | {tok/sec:,.0f} |")
 PY
 }
-echo "| configuration | trainable params | ms/step | label tokens/s |"
-echo "|---|---:|---:|---:|"
-run full-mlp --neurons mlp.json --mode full
-run mask-6 --neurons units6.json --unit mlp-unit --mode mask
-run split-6 --neurons units6.json --unit mlp-unit
-run split-1 --neurons units1.json --unit mlp-unit
-nvidia-smi --query-gpu=memory.used --format=csv,noheader
+table() {
+  echo "| configuration | trainable params | ms/step | label tokens/s |"
+  echo "|---|---:|---:|---:|"
+  run full-mlp --neurons mlp.json --mode full
+  run mask-6 --neurons units6.json --unit mlp-unit --mode mask
+  run split-6 --neurons units6.json --unit mlp-unit
+  run split-1 --neurons units1.json --unit mlp-unit
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader
+}
+echo "arena: ONNX Runtime's default (next power of two)"
+table
+echo "arena: same as requested"
+rm -rf art_*
+NEFT_CUDA_ARENA=same-as-requested table
+
+if command -v nsys > /dev/null; then
+  echo "== 4. Nsight Systems trace of split-6%"
+  rm -rf art_trace
+  $NEFT compile smol/model.onnx -o art_trace --neurons units6.json --unit mlp-unit > /dev/null
+  nsys profile -o trace --force-overwrite true --trace cuda,nvtx \
+    $NEFT train art_trace --data smol.jsonl --steps 10 --batch 8 --seq-len 256 --ep cuda --checkpoint-every 1000 > /dev/null
+  nsys stats --report cuda_gpu_kern_sum,cuda_api_sum --format csv trace.nsys-rep | head -60
+fi

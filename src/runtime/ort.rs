@@ -294,12 +294,34 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
         b = b.with_profiling(prefix).map_err(|e| session_err(e.to_string()))?;
     }
     if let Ep::Cuda { device } = opts.ep {
-        let cuda = ort::ep::CUDA::default().with_device_id(device).build().error_on_failure();
+        let cuda = cuda_options(ort::ep::CUDA::default().with_device_id(device))
+            .map_err(|why| RuntimeError::Cuda { why, hint: String::new() })?
+            .build()
+            .error_on_failure();
         b = b
             .with_execution_providers([cuda])
             .map_err(|e| RuntimeError::Cuda { why: e.to_string(), hint: cuda_hint() })?;
     }
     Ok(b)
+}
+
+/// CUDA provider settings for diagnosing GPU performance, from the environment:
+/// `NEFT_CUDA_ARENA=next-power-of-two|same-as-requested` (how the memory arena grows)
+/// and `NEFT_CUDA_TF32=1` (TensorFloat-32 matrix products).
+fn cuda_options(mut cuda: ort::ep::CUDA) -> Result<ort::ep::CUDA, String> {
+    use ort::ep::ArenaExtendStrategy;
+    match std::env::var("NEFT_CUDA_ARENA").as_deref() {
+        Err(_) => {}
+        Ok("next-power-of-two") => cuda = cuda.with_arena_extend_strategy(ArenaExtendStrategy::NextPowerOfTwo),
+        Ok("same-as-requested") => cuda = cuda.with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested),
+        Ok(other) => return Err(format!("NEFT_CUDA_ARENA={other}: use next-power-of-two or same-as-requested")),
+    }
+    match std::env::var("NEFT_CUDA_TF32").as_deref() {
+        Err(_) | Ok("0") => {}
+        Ok("1") => cuda = cuda.with_tf32(true),
+        Ok(other) => return Err(format!("NEFT_CUDA_TF32={other}: use 0 or 1")),
+    }
+    Ok(cuda)
 }
 
 /// Which of the files the CUDA provider needs cannot be found, and how to get them.
