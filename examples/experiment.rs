@@ -88,29 +88,8 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         run(&neft, &compile.iter().map(String::as_str).collect::<Vec<_>>())?;
         let artifacts = dir.join("artifacts");
-        let (steps, batch, every) =
-            (args.steps.to_string(), args.batch.to_string(), (args.steps / 3).max(1).to_string());
-        run(
-            &neft,
-            &[
-                "train",
-                &s(&artifacts),
-                "--data",
-                &s(&task.train),
-                "--eval",
-                &s(&task.eval),
-                "--tokenizer",
-                &s(&tokenizer_path),
-                "--steps",
-                &steps,
-                "--batch",
-                &batch,
-                "--seq-len",
-                "256",
-                "--checkpoint-every",
-                &every,
-            ],
-        )?;
+        let train = task.train_args(&artifacts, &tokenizer_path, args.steps, args.batch, 3);
+        run(&neft, &train.iter().map(String::as_str).collect::<Vec<_>>())?;
         let train_seconds = started.elapsed().as_secs_f64();
         let merged = dir.join("merged.onnx");
         run(&neft, &["export", &s(&artifacts), "--merged", &s(&merged)])?;
@@ -129,10 +108,7 @@ fn main() -> anyhow::Result<()> {
 
 /// The compile options that choose each method's trainable weights.
 fn selection(method: &str, a: &Args, task: &Task, tokenizer: &Path) -> anyhow::Result<Vec<String>> {
-    let mut v: Vec<String> = ["--targets", "mlp", "--unit", "mlp-unit", "--data", &s(&task.calibration), "--tokenizer"]
-        .map(String::from)
-        .to_vec();
-    v.push(s(tokenizer));
+    let mut v = task.compile_args(tokenizer);
     let reference = || s(&a.out.join("full/merged.onnx"));
     let neft_run = |strategy: &str| {
         ["--budget", &a.budget, "--strategy", strategy, "--lr", &a.lr.to_string()].map(String::from).to_vec()

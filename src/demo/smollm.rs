@@ -68,56 +68,21 @@ pub fn run_smollm_demo(s: &DemoSettings) -> anyhow::Result<()> {
         task.all_pairs, s.size.max_words, task.train_count, s.size.eval, s.size.translate, s.size.calibration
     );
 
-    let tokenizer = crate::profile::load_tokenizer(&model_dir.join("tokenizer.json"))?;
+    let tokenizer_path = model_dir.join("tokenizer.json");
+    let tokenizer = crate::profile::load_tokenizer(&tokenizer_path)?;
     let opts = SessionOptions::default();
     println!("\n[3/{steps}] the base model on the held-out verses");
     let before = score(&model, &tokenizer, &task, &opts)?;
     print_scores("before", &before);
 
-    let lr = s.lr.to_string();
-    let compile = [
-        "compile",
-        &p(&model),
-        "-o",
-        &p(&out),
-        "--data",
-        &p(&task.calibration),
-        "--tokenizer",
-        &p(&model_dir.join("tokenizer.json")),
-        "--budget",
-        &s.budget,
-        "--unit",
-        "mlp-unit",
-        "--targets",
-        "mlp",
-        "--strategy",
-        "activation",
-        "--lr",
-        &lr,
-    ];
-    run_neft(4, steps, "profile activations, select MLP units, rewrite the graph for training", &words(&compile))?;
+    let mut compile =
+        words(&["compile", &p(&model), "-o", &p(&out), "--budget", &s.budget, "--strategy", "activation"]);
+    compile.extend(task.compile_args(&tokenizer_path));
+    compile.extend(words(&["--lr", &s.lr.to_string()]));
+    run_neft(4, steps, "profile activations, select MLP units, rewrite the graph for training", &compile)?;
 
-    let (steps_s, batch_s) = (s.steps.to_string(), s.batch.to_string());
-    let every = (s.steps / 4).max(1).to_string();
-    let train = [
-        "train",
-        &p(&out),
-        "--data",
-        &p(&task.train),
-        "--eval",
-        &p(&task.eval),
-        "--tokenizer",
-        &p(&model_dir.join("tokenizer.json")),
-        "--steps",
-        &steps_s,
-        "--batch",
-        &batch_s,
-        "--seq-len",
-        "256",
-        "--checkpoint-every",
-        &every,
-    ];
-    run_neft(5, steps, "train the selected units on ONNX Runtime (CPU)", &words(&train))?;
+    let train = task.train_args(&out, &tokenizer_path, s.steps, s.batch, 4);
+    run_neft(5, steps, "train the selected units on ONNX Runtime (CPU)", &train)?;
 
     let merged = s.out.join("merged/model.onnx");
     std::fs::create_dir_all(s.out.join("merged"))?;

@@ -97,6 +97,43 @@ impl Task {
     }
 }
 
+impl Task {
+    /// The `neft compile` options every run on the task shares: gated-MLP units, with
+    /// the calibration verses for profiling or gradient scores.
+    pub fn compile_args(&self, tokenizer: &Path) -> Vec<String> {
+        let p = |p: &Path| p.display().to_string();
+        let args =
+            ["--targets", "mlp", "--unit", "mlp-unit", "--data", &p(&self.calibration), "--tokenizer", &p(tokenizer)];
+        args.map(String::from).to_vec()
+    }
+
+    /// `neft train ARTIFACTS` on the training verses, scoring the held-out loss `evals` times.
+    pub fn train_args(&self, artifacts: &Path, tokenizer: &Path, steps: u64, batch: usize, evals: u64) -> Vec<String> {
+        let p = |p: &Path| p.display().to_string();
+        let every = (steps / evals.max(1)).max(1).to_string();
+        let (steps, batch) = (steps.to_string(), batch.to_string());
+        let args = [
+            "train",
+            &p(artifacts),
+            "--data",
+            &p(&self.train),
+            "--eval",
+            &p(&self.eval),
+            "--tokenizer",
+            &p(tokenizer),
+            "--steps",
+            &steps,
+            "--batch",
+            &batch,
+            "--seq-len",
+            "256",
+            "--checkpoint-every",
+            &every,
+        ];
+        args.map(String::from).to_vec()
+    }
+}
+
 fn example(p: &Pair) -> Example {
     Example::PromptCompletion { prompt: bible::prompt(&p.en), completion: format!(" {}", p.ny) }
 }
