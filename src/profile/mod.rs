@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod file;
 mod instrument;
+mod reduce;
 mod session;
 mod sites;
 mod stream;
@@ -86,7 +87,7 @@ impl Profiler {
             bail!("{label}: no trainable layers (MatMul, Gemm or Conv with a constant weight) to profile");
         }
         let opset = crate::autodiff::default_opset(&model.proto.opset_import).unwrap_or(1);
-        let (instrumented, outputs) = instrument(&graph, &sites, opset, &statistics)
+        let (instrumented, outputs) = instrument(&graph, &sites, opset, &statistics, session.ep)
             .with_context(|| format!("{label}: cannot instrument the graph"))?;
         let mut proto = model.proto.clone();
         proto.graph = Some(instrumented.to_proto());
