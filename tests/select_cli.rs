@@ -101,6 +101,12 @@ fn compile_without_neurons_selects_first_and_records_the_selection() {
     assert_eq!(written.layers["val_245"].axis, 0);
     assert_eq!(written.layers["val_242"].rows, written.layers["val_245"].rows);
     assert!(dir.path().join("out/neurons.svg").is_file());
+    // The plan lists every layer and marks the targeted ones (the MLPs by default), so a
+    // heat map drawn from it shows targeted layers that got nothing.
+    let targeted: Vec<&str> = plan.layers.iter().filter(|l| l.targeted).map(|l| l.role.as_str()).collect();
+    assert_eq!(plan.layers.len(), 15);
+    assert!(targeted.len() == 6 && targeted.iter().all(|r| r.contains(" / mlp.")), "{targeted:?}");
+    assert_eq!(plan.layer_shares().iter().filter(|s| s.targeted).count(), 6);
     // The profile identifies the model by the same digest the plan records.
     let p = neft(&["profile", &llama, "--data", "calib.jsonl", "-o", "p.safetensors"], dir.path());
     assert!(p.status.success());
@@ -114,6 +120,8 @@ fn compile_without_neurons_selects_first_and_records_the_selection() {
         );
         assert!(r.status.success(), "{}", text(&r).1);
     }
+    let all = Plan::load(&dir.path().join("r1/plan.json")).unwrap();
+    assert!(all.layers.len() == 15 && all.layers.iter().all(|l| l.targeted), "--targets all");
     let read = |d: &str| std::fs::read(dir.path().join(d).join("neurons.json")).unwrap();
     assert_eq!(read("r1"), read("r2"));
     assert_ne!(read("r1"), read("r3"));
