@@ -176,3 +176,34 @@ fn bad_usage_and_bad_input_fail_cleanly() {
     left.sort();
     assert_eq!(left, ["calib.jsonl", "empty.jsonl", "p.safetensors"], "failed commands left files behind");
 }
+
+#[test]
+fn cuda_without_its_libraries_fails_loudly_wherever_the_model_runs_on_data() {
+    // This machine has the CPU build of ONNX Runtime: every command that runs the model
+    // on calibration data must refuse --ep cuda with the libraries named, as `neft train`
+    // does, and write nothing (never profile on the CPU instead).
+    let dir = tempfile::tempdir().unwrap();
+    calibration(dir.path());
+    let llama = repo("models/fixtures/tiny_llama.onnx");
+    let data = ["--data", "calib.jsonl", "--ep", "cuda"];
+    let runs: &[&[&str]] = &[
+        &["profile", &llama, "-o", "p.safetensors"],
+        &["select", &llama, "--strategy", "activation", "-o", "a.json"],
+        &["select", &llama, "--strategy", "gradient", "-o", "g.json"],
+        &["compile", &llama, "-o", "out", "--threads", "1"],
+    ];
+    for args in runs {
+        let o = neft(&[*args, &data[..]].concat(), dir.path());
+        let err = text(&o).1;
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        for want in ["CUDA execution provider could not be registered", "libonnxruntime_providers_cuda.so"] {
+            assert!(err.contains(want), "{args:?}: {err:?} should mention {want:?}");
+        }
+    }
+    let left: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(left, ["calib.jsonl"], "failed commands left files behind");
+    let bad = neft(&["profile", &llama, "--data", "calib.jsonl", "--ep", "gpu"], dir.path());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).1.contains("use cpu, cuda or cuda:N"), "{}", text(&bad).1);
+}

@@ -24,9 +24,13 @@ pub struct DataArgs {
     /// Use only the first N examples of the data.
     #[arg(long)]
     pub max_examples: Option<usize>,
-    /// Execution provider for calibration runs: cpu, cuda or cuda:N.
+    /// Execution provider for calibration runs: cpu, cuda or cuda:N (as for `neft train`;
+    /// cuda fails with the missing libraries named, never falls back to the CPU).
     #[arg(long, default_value = "cpu")]
     pub ep: Ep,
+    /// Intra-op threads of ONNX Runtime [default: ONNX Runtime's choice].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl DataArgs {
@@ -37,7 +41,7 @@ impl DataArgs {
     }
 
     pub fn session(&self) -> SessionOptions {
-        SessionOptions { ep: self.ep, ..Default::default() }
+        SessionOptions { ep: self.ep, threads: self.threads }
     }
 
     /// The tokenizer, if one was given.
