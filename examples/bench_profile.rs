@@ -20,6 +20,7 @@ use neft::profile::{
     profile, ProfileOptions, Profiler, Statistic, StreamOptions, TokenBatch, TokenInputs, TokenStream,
 };
 use neft::runtime::ort::{HostTensor, Session, SessionOptions};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -166,19 +167,26 @@ fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
     let tokens: usize = all.iter().map(|b| b.tokens).sum();
     let padded: usize = all.iter().map(|b| b.input_ids.shape().iter().product::<usize>()).sum();
     let opts = SessionOptions { threads: a.threads, ..Default::default() };
-    let mlp = neft::select::targeted_weights(&model, &"mlp".parse().unwrap(), neft::compile::Unit::Neuron)?;
+    let (targets, unit) = ("mlp".parse().unwrap(), neft::compile::Unit::Neuron);
+    // `neft profile --targets mlp`: both sites of every MLP layer; compile: the sites
+    // its selection reads.
+    let mlp: BTreeSet<String> = neft::select::targeted_weights(&model, &targets, unit)?
+        .into_iter()
+        .flat_map(|w| [neft::profile::input_site(&w), w])
+        .collect();
+    let read = neft::select::activation_sites(&model, &targets, unit)?;
     let mut plain = Session::from_file(model_path, &opts)?;
     let all_stats = Statistic::ALL;
     let mut every = Profiler::new(&model, &opts, None, &all_stats)?;
     let mut mlp_only = Profiler::new(&model, &opts, Some(&mlp), &all_stats)?;
-    let mut mlp_one = Profiler::new(&model, &opts, Some(&mlp), &[Statistic::MeanAbs])?;
-    let sites = (every.sites.len(), mlp_only.sites.len());
+    let mut mlp_one = Profiler::new(&model, &opts, Some(&read), &[Statistic::MeanAbs])?;
+    let sites = (every.sites.len(), mlp_only.sites.len(), mlp_one.sites.len());
     type Run<'a> = Box<dyn FnMut(&TokenBatch) -> anyhow::Result<()> + 'a>;
     let mut runs: Vec<(&str, Run)> = vec![
         ("plain forward (ORT CPU)", Box::new(|b: &TokenBatch| forward(&mut plain, &b.feeds(&inputs)))),
         ("profile: every layer, 5 statistics", Box::new(|b: &TokenBatch| every.run(b).map(drop))),
         ("profile: MLP layers, 5 statistics", Box::new(|b: &TokenBatch| mlp_only.run(b).map(drop))),
-        ("profile: MLP layers, mean abs (compile default)", Box::new(|b: &TokenBatch| mlp_one.run(b).map(drop))),
+        ("profile: MLP sites compile reads, mean abs", Box::new(|b: &TokenBatch| mlp_one.run(b).map(drop))),
     ];
     for (_, run) in runs.iter_mut() {
         run(&all[0])?;
@@ -199,7 +207,7 @@ fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
     let params: u64 = model.graph().initializer.iter().map(|t| neft::onnx::element_count(&t.dims)).sum();
     println!(
         "model: Llama, {} layers, hidden {}, ffn {}, vocab {} ({:.1}M parameters); {} batches of {} (seq <= {}), \
-         {tokens} real tokens in {padded} positions; sites: {} (every layer), {} (MLP); {} rounds, threads {}, {} clock",
+         {tokens} real tokens in {padded} positions; sites: {} (every layer), {} (MLP), {} (compile); {} rounds, threads {}, {} clock",
         a.layers,
         a.hidden,
         a.ffn,
@@ -210,6 +218,7 @@ fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
         a.seq,
         sites.0,
         sites.1,
+        sites.2,
         a.rounds,
         a.threads.map_or("ORT default".to_string(), |t| t.to_string()),
         if a.cpu_clock { "thread CPU" } else { "wall" }

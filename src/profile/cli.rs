@@ -80,7 +80,14 @@ pub fn run_profile(args: &ProfileArgs) -> anyhow::Result<()> {
     let enc = tokenizer.as_ref().map(|t| t as &dyn crate::data::Encode);
     let only = match args.targets {
         crate::select::Targets::All => None,
-        ref t => Some(crate::select::targeted_weights(&model, t, crate::compile::Unit::Neuron)?),
+        // Both kinds of site of every targeted layer: a later selection may score by
+        // neuron or by MLP unit.
+        ref t => Some(
+            crate::select::targeted_weights(&model, t, crate::compile::Unit::Neuron)?
+                .into_iter()
+                .flat_map(|w| [super::input_site(&w), w])
+                .collect(),
+        ),
     };
     let opts = ProfileOptions {
         stream: args.data.stream()?,
