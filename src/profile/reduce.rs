@@ -4,16 +4,18 @@
 //! the [`Statistic`]s wanted. Out: a `[k, neurons]` FLOAT tensor, one row per
 //! statistic in [`Statistic::ALL`] order: Σx, Σ|x|, Σx², #(x>0), max|x|.
 //!
-//! Built for ONNX Runtime's CPU provider, where every pass over a large activation
-//! costs about as much as the next (measured in BENCHMARKS.md, profiling section):
+//! Built for ONNX Runtime's CPU provider, where each op is a memory-bound pass over the
+//! activation, so the cost is the number and kind of passes (costs measured on one
+//! thread, in BENCHMARKS.md, profiling section):
 //! - token sums are one `MatMul` of the `[1, rows]` mask with the rows, a GEMV that
-//!   reads them once and does the masking (3x faster than `ReduceSum`, and no masked
-//!   copy to write first);
+//!   reads them once and does the masking (twice as fast as `ReduceSum` on one thread,
+//!   more on two, and no masked copy to write first);
 //! - one `Abs` serves Σ|x| and max|x|; the max needs padded rows zeroed (`Mul` by the
 //!   `[rows, 1]` mask; |x| ≥ 0, so a zero never raises it);
-//! - #(x>0) casts the comparison to UINT8 and counts with `MatMulInteger`: casting the
-//!   BOOL tensor to FLOAT cost 7x more than the comparison itself. CPU only: the CUDA
-//!   provider has `MatMulInteger` for INT8 alone, and on a GPU the FLOAT cast is cheap;
+//! - #(x>0) casts the comparison to UINT8 and counts with `MatMulInteger`: the BOOL to
+//!   FLOAT cast took 2.3x as long as the comparison, the UINT8 cast a quarter of that.
+//!   CPU only: the CUDA provider has `MatMulInteger` for INT8 alone, and on a GPU the
+//!   FLOAT cast is cheap;
 //! - `ReduceL1`, `ReduceSumSquare`, `Sign`, `Einsum`, `Where` and `Pow` with a tensor
 //!   exponent were each several times slower than the forms used here.
 
