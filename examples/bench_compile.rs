@@ -59,6 +59,7 @@ fn main() {
             optimizer: neft::optim::Optimizer::adamw(0.0),
             lr: 1e-4,
             clip: Some(1.0),
+            targets: None,
         };
         let plan = neft::compile::compile(&m, &set, &opts, out).unwrap();
         println!(

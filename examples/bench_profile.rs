@@ -3,25 +3,31 @@
 //! of `neft::profile::profile` on 1x and 10x the calibration data.
 //!
 //! ```text
-//! cargo run --release --example bench_profile -- [--layers 4] [--hidden 512] [--ffn 1408]
-//!     [--vocab 8192] [--batch 8] [--seq 256] [--examples 64] [--rounds 3] [--only throughput|memory]
+//! cargo run --release --example bench_profile -- [--layers 4] [--hidden 512] [--ffn 1408] [--kv-heads N]
+//!     [--vocab 8192] [--batch 8] [--seq 256] [--examples 64] [--rounds 5] [--only throughput|memory]
+//!     [--threads N] [--clock wall|cpu]
 //! ```
 //! The model is a random-weight Llama built by `neft::models::llama`, the data random
-//! token ids of 64 to `--seq` tokens, so batches carry padding. Throughput: both
-//! sessions run the same batches in alternating rounds; the best round of each counts
-//! (the machine is shared). Memory: each data size is profiled in its own child
-//! process, which reports its peak resident memory (VmHWM).
+//! token ids of 64 to `--seq` tokens, so batches carry padding. Throughput: all sessions
+//! run the same batches, interleaved batch by batch, for `--rounds` rounds; each round
+//! gives each run a ratio to the forward pass, and the table shows their median and
+//! range (the machine is shared). `--threads 1 --clock cpu` times by the thread's CPU
+//! time, which other processes' load does not change. Memory: each data size is
+//! profiled in its own child process, which reports its peak resident memory (VmHWM).
 
 use neft::models::llama::{build_llama, LlamaConfig, RandomWeights};
 use neft::profile::{
     profile, ProfileOptions, Profiler, Statistic, StreamOptions, TokenBatch, TokenInputs, TokenStream,
 };
 use neft::runtime::ort::{HostTensor, Session, SessionOptions};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 struct Args {
     layers: usize,
+    /// Key/value heads (default: one per 128 of hidden).
+    kv: Option<usize>,
     hidden: usize,
     ffn: usize,
     vocab: usize,
@@ -31,19 +37,28 @@ struct Args {
     rounds: usize,
     /// `throughput`, `memory` or both (empty).
     only: String,
+    /// Intra-op threads (ONNX Runtime's choice when absent).
+    threads: Option<usize>,
+    /// Time by this thread's CPU time instead of the wall clock (needs `--threads 1`,
+    /// where ONNX Runtime runs every kernel on the calling thread): other processes'
+    /// load then cannot change the numbers.
+    cpu_clock: bool,
 }
 
 fn parse(argv: &[String]) -> Args {
     let mut a = Args {
         layers: 4,
+        kv: None,
         hidden: 512,
         ffn: 1408,
         vocab: 8192,
         batch: 8,
         seq: 256,
         examples: 64,
-        rounds: 3,
+        rounds: 5,
         only: String::new(),
+        threads: None,
+        cpu_clock: false,
     };
     for pair in argv.chunks(2) {
         let n = || {
@@ -51,6 +66,7 @@ fn parse(argv: &[String]) -> Args {
         };
         match pair[0].as_str() {
             "--layers" => a.layers = n(),
+            "--kv-heads" => a.kv = Some(n()),
             "--hidden" => a.hidden = n(),
             "--ffn" => a.ffn = n(),
             "--vocab" => a.vocab = n(),
@@ -59,6 +75,8 @@ fn parse(argv: &[String]) -> Args {
             "--examples" => a.examples = n(),
             "--rounds" => a.rounds = n(),
             "--only" => a.only = pair.get(1).cloned().unwrap_or_default(),
+            "--threads" => a.threads = Some(n()),
+            "--clock" => a.cpu_clock = pair.get(1).map(String::as_str) == Some("cpu"),
             other => panic!("unknown option {other}"),
         }
     }
@@ -71,8 +89,9 @@ fn main() -> anyhow::Result<()> {
         return child(Path::new(&argv[1]), Path::new(&argv[2]));
     }
     let a = parse(&argv);
+    anyhow::ensure!(!a.cpu_clock || a.threads == Some(1), "--clock cpu needs --threads 1");
     let dir = tempfile_dir()?;
-    let model_path = build(&dir.join("model"), &a, a.hidden, a.ffn, a.layers)?;
+    let model_path = build(&dir.join("model"), &a, a.hidden, a.ffn, a.layers, a.kv.unwrap_or((a.hidden / 128).max(1)))?;
     let data = dir.join("calib.jsonl");
     write_tokens(&data, a.examples, a.seq, a.vocab, 1)?;
     if a.only != "memory" {
@@ -80,7 +99,7 @@ fn main() -> anyhow::Result<()> {
     }
     if a.only != "throughput" {
         // A smaller model, so the data's share would show if it grew.
-        let small = build(&dir.join("small"), &a, 128, 344, 2)?;
+        let small = build(&dir.join("small"), &a, 128, 344, 2, 1)?;
         memory(&small, &dir, &a)?;
     }
     std::fs::remove_dir_all(&dir)?;
@@ -93,10 +112,11 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn build(dir: &Path, a: &Args, hidden: usize, ffn: usize, layers: usize) -> anyhow::Result<PathBuf> {
+fn build(dir: &Path, a: &Args, hidden: usize, ffn: usize, layers: usize, kv: usize) -> anyhow::Result<PathBuf> {
     let cfg: LlamaConfig = serde_json::from_value(serde_json::json!({
         "vocab_size": a.vocab, "hidden_size": hidden, "intermediate_size": ffn, "num_hidden_layers": layers,
-        "num_attention_heads": hidden / 64, "num_key_value_heads": (hidden / 128).max(1),
+        "num_attention_heads": hidden / 64,
+        "num_key_value_heads": kv,
     }))?;
     build_llama(&cfg, &mut RandomWeights::new(1), dir)
 }
@@ -146,41 +166,48 @@ fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
     let (inputs, all) = batches(&model, data, a)?;
     let tokens: usize = all.iter().map(|b| b.tokens).sum();
     let padded: usize = all.iter().map(|b| b.input_ids.shape().iter().product::<usize>()).sum();
-    let opts = SessionOptions::default();
-    let mlp = neft::select::targeted_weights(&model, &"mlp".parse().unwrap(), neft::compile::Unit::Neuron)?;
+    let opts = SessionOptions { threads: a.threads, ..Default::default() };
+    let (targets, unit) = ("mlp".parse().unwrap(), neft::compile::Unit::Neuron);
+    // `neft profile --targets mlp`: both sites of every MLP layer; compile: the sites
+    // its selection reads.
+    let mlp: BTreeSet<String> = neft::select::targeted_weights(&model, &targets, unit)?
+        .into_iter()
+        .flat_map(|w| [neft::profile::input_site(&w), w])
+        .collect();
+    let read = neft::select::activation_sites(&model, &targets, unit)?;
     let mut plain = Session::from_file(model_path, &opts)?;
     let all_stats = Statistic::ALL;
     let mut every = Profiler::new(&model, &opts, None, &all_stats)?;
     let mut mlp_only = Profiler::new(&model, &opts, Some(&mlp), &all_stats)?;
-    let mut mlp_one = Profiler::new(&model, &opts, Some(&mlp), &[Statistic::MeanAbs])?;
-    let sites = (every.sites.len(), mlp_only.sites.len());
+    let mut mlp_one = Profiler::new(&model, &opts, Some(&read), &[Statistic::MeanAbs])?;
+    let sites = (every.sites.len(), mlp_only.sites.len(), mlp_one.sites.len());
     type Run<'a> = Box<dyn FnMut(&TokenBatch) -> anyhow::Result<()> + 'a>;
-    let mut runs: Vec<(&str, Run, f64)> = vec![
-        ("plain forward (ORT CPU)", Box::new(|b: &TokenBatch| forward(&mut plain, &b.feeds(&inputs))), f64::MAX),
-        ("profile: every layer, 5 statistics", Box::new(|b: &TokenBatch| every.run(b).map(drop)), f64::MAX),
-        ("profile: MLP layers, 5 statistics", Box::new(|b: &TokenBatch| mlp_only.run(b).map(drop)), f64::MAX),
-        (
-            "profile: MLP layers, mean abs (compile default)",
-            Box::new(|b: &TokenBatch| mlp_one.run(b).map(drop)),
-            f64::MAX,
-        ),
+    let mut runs: Vec<(&str, Run)> = vec![
+        ("plain forward (ORT CPU)", Box::new(|b: &TokenBatch| forward(&mut plain, &b.feeds(&inputs)))),
+        ("profile: every layer, 5 statistics", Box::new(|b: &TokenBatch| every.run(b).map(drop))),
+        ("profile: MLP layers, 5 statistics", Box::new(|b: &TokenBatch| mlp_only.run(b).map(drop))),
+        ("profile: MLP sites compile reads, mean abs", Box::new(|b: &TokenBatch| mlp_one.run(b).map(drop))),
     ];
-    for (_, run, _) in runs.iter_mut() {
+    for (_, run) in runs.iter_mut() {
         run(&all[0])?;
     }
-    for _ in 0..a.rounds {
-        for (_, run, best) in runs.iter_mut() {
-            let t0 = Instant::now();
-            for b in &all {
-                run(b)?;
+    // Per batch, every run in turn (starting one further each batch), so a burst of load
+    // from other processes falls on all of them; a ratio is taken within one round.
+    let mut secs = vec![vec![0.0f64; a.rounds]; runs.len()];
+    for round in 0..a.rounds {
+        for (i, b) in all.iter().enumerate() {
+            for k in 0..runs.len() {
+                let k = (k + i + round) % runs.len();
+                let t0 = now(a.cpu_clock);
+                (runs[k].1)(b)?;
+                secs[k][round] += now(a.cpu_clock) - t0;
             }
-            *best = best.min(t0.elapsed().as_secs_f64());
         }
     }
     let params: u64 = model.graph().initializer.iter().map(|t| neft::onnx::element_count(&t.dims)).sum();
     println!(
         "model: Llama, {} layers, hidden {}, ffn {}, vocab {} ({:.1}M parameters); {} batches of {} (seq <= {}), \
-         {tokens} real tokens in {padded} positions; sites: {} (every layer), {} (MLP)",
+         {tokens} real tokens in {padded} positions; sites: {} (every layer), {} (MLP), {} (compile); {} rounds, threads {}, {} clock",
         a.layers,
         a.hidden,
         a.ffn,
@@ -190,15 +217,61 @@ fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
         a.batch,
         a.seq,
         sites.0,
-        sites.1
+        sites.1,
+        sites.2,
+        a.rounds,
+        a.threads.map_or("ORT default".to_string(), |t| t.to_string()),
+        if a.cpu_clock { "thread CPU" } else { "wall" }
     );
-    println!("| run | seconds | real tokens/s | vs forward |");
-    println!("|---|---|---|---|");
-    let base = runs[0].2;
-    for (name, _, secs) in &runs {
-        println!("| {name} | {secs:.3} | {:.0} | {:.2}x |", tokens as f64 / secs, base / secs);
+    let clock = if a.cpu_clock { "CPU s" } else { "s" };
+    println!("| run | median {clock} per round | real tokens/s | vs forward: median | min–max |");
+    println!("|---|---:|---:|---:|---:|");
+    for (k, (name, _)) in runs.iter().enumerate() {
+        let ratios: Vec<f64> = (0..a.rounds).map(|r| secs[0][r] / secs[k][r]).collect();
+        let (t, (r, lo, hi)) = (median(&secs[k]), spread(&ratios));
+        println!("| {name} | {t:.3} | {:.0} | {r:.2}x | {lo:.2}–{hi:.2}x |", tokens as f64 / t);
     }
     Ok(())
+}
+
+/// Seconds on the wall clock, or of this thread's CPU time.
+fn now(cpu: bool) -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    if !cpu {
+        return START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    }
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, t: *mut Timespec) -> i32;
+    }
+    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+    let mut t = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `t` is a valid, writable timespec (64-bit Linux layout).
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    t.sec as f64 + t.nsec as f64 * 1e-9
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median, smallest and largest.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let lo = v.iter().copied().fold(f64::MAX, f64::min);
+    let hi = v.iter().copied().fold(f64::MIN, f64::max);
+    (median(v), lo, hi)
 }
 
 fn memory(model: &Path, dir: &Path, a: &Args) -> anyhow::Result<()> {

@@ -199,6 +199,7 @@ fn main() {
             optimizer: Optimizer::adamw(0.0),
             lr: 1e-4,
             clip: None,
+            targets: None,
         };
         let t = Instant::now();
         let plan = compile(&model, &c.neurons, &opts, &dir).unwrap();

@@ -78,6 +78,7 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
         optimizer,
         lr: args.lr,
         clip: args.clip,
+        targets: selection.as_ref().map(|s| s.shares.iter().filter(|l| l.targeted).map(|l| l.weight.clone()).collect()),
     };
     let t0 = std::time::Instant::now();
     let plan = compile(&model, &neurons, &opts, &args.out)?;

@@ -283,8 +283,19 @@ fn every_artifact_folder_records_its_neurons_and_inspect_shows_where_they_are() 
     assert_eq!(written.layers.keys().collect::<Vec<_>>(), ["val_242", "val_244", "val_245"]);
     let svg = std::fs::read_to_string(dir.path().join("out/neurons.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("mlp.down") && svg.contains("3.1%"), "{svg}");
+    // Block 1's MLP is of the kind the set trains but got nothing: shown at 0%, not left
+    // out; attention and the head were not targeted (grey).
+    assert!(svg.contains("block 1") && svg.contains(">0.0%<"), "{svg}");
+    assert!(svg.contains("attn.q") && svg.contains("#eeeeee"), "{svg}");
+    let plan = Plan::load(&dir.path().join("out/plan.json")).unwrap();
+    let shares = plan.layer_shares();
+    assert_eq!(shares.len(), 15, "every layer of the model");
+    let untrained: Vec<(Option<usize>, &str)> =
+        shares.iter().filter(|s| s.targeted && s.rows_selected == 0).map(|s| (s.block, s.module.as_str())).collect();
+    assert_eq!(untrained, [(Some(1), "mlp.gate"), (Some(1), "mlp.up"), (Some(1), "mlp.down")]);
     let shown = neft(&["inspect", "out"], dir.path());
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(text.contains("selection by module") && text.contains("out/neurons.svg"), "{text}");
-    assert!(text.lines().any(|l| l.trim_start().starts_with("mlp.down") && l.contains("2/64")), "{text}");
+    let down = text.lines().find(|l| l.trim_start().starts_with("mlp.down")).unwrap_or_default();
+    assert_eq!(down.split_whitespace().take(3).collect::<Vec<_>>(), ["mlp.down", "2", "2/128"], "{text}");
 }

@@ -39,7 +39,15 @@ fn quarter() -> NeuronSet {
 }
 
 fn options(mode: Mode, unit: Unit) -> CompileOptions {
-    CompileOptions { mode, unit, loss: LossSpec::Auto, optimizer: Optimizer::adamw(0.1), lr: 1e-2, clip: Some(1.0) }
+    CompileOptions {
+        mode,
+        unit,
+        loss: LossSpec::Auto,
+        optimizer: Optimizer::adamw(0.1),
+        lr: 1e-2,
+        clip: Some(1.0),
+        targets: None,
+    }
 }
 
 fn batch(seed: u64) -> Vec<(&'static str, HostTensor)> {

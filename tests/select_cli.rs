@@ -101,6 +101,12 @@ fn compile_without_neurons_selects_first_and_records_the_selection() {
     assert_eq!(written.layers["val_245"].axis, 0);
     assert_eq!(written.layers["val_242"].rows, written.layers["val_245"].rows);
     assert!(dir.path().join("out/neurons.svg").is_file());
+    // The plan lists every layer and marks the targeted ones (the MLPs by default), so a
+    // heat map drawn from it shows targeted layers that got nothing.
+    let targeted: Vec<&str> = plan.layers.iter().filter(|l| l.targeted).map(|l| l.role.as_str()).collect();
+    assert_eq!(plan.layers.len(), 15);
+    assert!(targeted.len() == 6 && targeted.iter().all(|r| r.contains(" / mlp.")), "{targeted:?}");
+    assert_eq!(plan.layer_shares().iter().filter(|s| s.targeted).count(), 6);
     // The profile identifies the model by the same digest the plan records.
     let p = neft(&["profile", &llama, "--data", "calib.jsonl", "-o", "p.safetensors"], dir.path());
     assert!(p.status.success());
@@ -114,6 +120,8 @@ fn compile_without_neurons_selects_first_and_records_the_selection() {
         );
         assert!(r.status.success(), "{}", text(&r).1);
     }
+    let all = Plan::load(&dir.path().join("r1/plan.json")).unwrap();
+    assert!(all.layers.len() == 15 && all.layers.iter().all(|l| l.targeted), "--targets all");
     let read = |d: &str| std::fs::read(dir.path().join(d).join("neurons.json")).unwrap();
     assert_eq!(read("r1"), read("r2"));
     assert_ne!(read("r1"), read("r3"));
@@ -167,4 +175,35 @@ fn bad_usage_and_bad_input_fail_cleanly() {
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     left.sort();
     assert_eq!(left, ["calib.jsonl", "empty.jsonl", "p.safetensors"], "failed commands left files behind");
+}
+
+#[test]
+fn cuda_without_its_libraries_fails_loudly_wherever_the_model_runs_on_data() {
+    // This machine has the CPU build of ONNX Runtime: every command that runs the model
+    // on calibration data must refuse --ep cuda with the libraries named, as `neft train`
+    // does, and write nothing (never profile on the CPU instead).
+    let dir = tempfile::tempdir().unwrap();
+    calibration(dir.path());
+    let llama = repo("models/fixtures/tiny_llama.onnx");
+    let data = ["--data", "calib.jsonl", "--ep", "cuda"];
+    let runs: &[&[&str]] = &[
+        &["profile", &llama, "-o", "p.safetensors"],
+        &["select", &llama, "--strategy", "activation", "-o", "a.json"],
+        &["select", &llama, "--strategy", "gradient", "-o", "g.json"],
+        &["compile", &llama, "-o", "out", "--threads", "1"],
+    ];
+    for args in runs {
+        let o = neft(&[*args, &data[..]].concat(), dir.path());
+        let err = text(&o).1;
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        for want in ["CUDA execution provider could not be registered", "libonnxruntime_providers_cuda.so"] {
+            assert!(err.contains(want), "{args:?}: {err:?} should mention {want:?}");
+        }
+    }
+    let left: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(left, ["calib.jsonl"], "failed commands left files behind");
+    let bad = neft(&["profile", &llama, "--data", "calib.jsonl", "--ep", "gpu"], dir.path());
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).1.contains("use cpu, cuda or cuda:N"), "{}", text(&bad).1);
 }

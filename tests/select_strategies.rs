@@ -307,3 +307,24 @@ fn gradient_scores_of_mlp_units_from_jsonl_equal_finite_differences_on_a_llama()
         assert!((fd - ad).abs() <= 2e-2 * ad.abs() + 1e-6, "unit {unit}: autodiff {ad}, finite differences {fd}");
     }
 }
+
+#[test]
+fn selection_profiles_only_the_sites_the_activation_scores_read() {
+    let model = llama();
+    let layers = find_layers(&Graph::from_proto(model.graph()).unwrap());
+    let mlp: Vec<(&str, &str)> =
+        layers.iter().filter_map(|l| Some((l.weight.as_str(), l.role.split_once(" / mlp.")?.1))).collect();
+    assert_eq!(mlp.len(), 6, "gate, up and down of two blocks");
+    let targets = "mlp".parse().unwrap();
+    // By neuron: every layer's own outputs; the units entering each down are not read.
+    let by_neuron = neft::select::activation_sites(&model, &targets, Unit::Neuron).unwrap();
+    let want: std::collections::BTreeSet<String> = mlp.iter().map(|(w, _)| w.to_string()).collect();
+    assert_eq!(by_neuron, want);
+    // By MLP unit: a down projection is scored by the units entering it, not its outputs.
+    let by_unit = neft::select::activation_sites(&model, &targets, Unit::MlpUnit).unwrap();
+    let want: std::collections::BTreeSet<String> = mlp
+        .iter()
+        .map(|(w, role)| if *role == "down" { neft::profile::input_site(w) } else { w.to_string() })
+        .collect();
+    assert_eq!(by_unit, want);
+}

@@ -37,7 +37,15 @@ fn same_bits_over_steps(mode: Mode, optimizer: Optimizer) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("art");
     let model = neft::onnx::load(llama_path()).unwrap();
-    let opts = CompileOptions { mode, unit: Unit::Neuron, loss: LossSpec::Auto, optimizer, lr: 1e-2, clip: Some(1.0) };
+    let opts = CompileOptions {
+        mode,
+        unit: Unit::Neuron,
+        loss: LossSpec::Auto,
+        optimizer,
+        lr: 1e-2,
+        clip: Some(1.0),
+        targets: None,
+    };
     compile(&model, &neurons(), &opts, &dir).unwrap();
     let session = SessionOptions { threads: Some(1), ..Default::default() };
     let plan = Plan::load(&dir.join("plan.json")).unwrap();

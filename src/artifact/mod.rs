@@ -12,6 +12,6 @@ mod plan;
 mod state;
 mod write;
 
-pub use plan::{hex_digest, Counts, Plan, SourceInfo, PLAN_FORMAT};
+pub use plan::{hex_digest, Counts, ModelLayer, Plan, SourceInfo, PLAN_FORMAT};
 pub use state::{State, StateError, StateTensor};
 pub use write::{write_artifacts, ArtifactError, Graphs};

@@ -6,7 +6,7 @@
 //! dead-node elimination.
 
 use crate::analyze::{find_layers, Layer};
-use crate::artifact::{write_artifacts, Counts, Graphs, Plan, SourceInfo, State, StateTensor, PLAN_FORMAT};
+use crate::artifact::{write_artifacts, Counts, Graphs, ModelLayer, Plan, SourceInfo, State, StateTensor, PLAN_FORMAT};
 use crate::ir::Graph;
 use crate::onnx::make::value_info_unshaped;
 use crate::onnx::{DataType, Model};
@@ -70,6 +70,9 @@ pub struct CompileOptions {
     /// Default learning rate recorded in the plan (the trainer may override it).
     pub lr: f32,
     pub clip: Option<f32>,
+    /// The weights the neurons were selected from, recorded in the plan for the heat
+    /// map; `None`: the layers of every module the neuron set trains.
+    pub targets: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Compiles `model` for training `neurons` and writes the artifacts to `out`.
@@ -149,6 +152,7 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
         io,
         neurons: neurons.clone(),
         counts,
+        layers: ModelLayer::list(&layers, neurons, opts.targets.as_ref()),
     };
     state.metadata.insert("plan".into(), plan.hash());
     let header = |g: &Graph, opset: i64| {

@@ -24,9 +24,13 @@ pub struct DataArgs {
     /// Use only the first N examples of the data.
     #[arg(long)]
     pub max_examples: Option<usize>,
-    /// Execution provider for calibration runs: cpu, cuda or cuda:N.
+    /// Execution provider for calibration runs: cpu, cuda or cuda:N (as for `neft train`;
+    /// cuda fails with the missing libraries named, never falls back to the CPU).
     #[arg(long, default_value = "cpu")]
     pub ep: Ep,
+    /// Intra-op threads of ONNX Runtime [default: ONNX Runtime's choice].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl DataArgs {
@@ -37,7 +41,7 @@ impl DataArgs {
     }
 
     pub fn session(&self) -> SessionOptions {
-        SessionOptions { ep: self.ep, ..Default::default() }
+        SessionOptions { ep: self.ep, threads: self.threads }
     }
 
     /// The tokenizer, if one was given.
@@ -76,7 +80,14 @@ pub fn run_profile(args: &ProfileArgs) -> anyhow::Result<()> {
     let enc = tokenizer.as_ref().map(|t| t as &dyn crate::data::Encode);
     let only = match args.targets {
         crate::select::Targets::All => None,
-        ref t => Some(crate::select::targeted_weights(&model, t, crate::compile::Unit::Neuron)?),
+        // Both kinds of site of every targeted layer: a later selection may score by
+        // neuron or by MLP unit.
+        ref t => Some(
+            crate::select::targeted_weights(&model, t, crate::compile::Unit::Neuron)?
+                .into_iter()
+                .flat_map(|w| [super::input_site(&w), w])
+                .collect(),
+        ),
     };
     let opts = ProfileOptions {
         stream: args.data.stream()?,

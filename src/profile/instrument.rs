@@ -6,19 +6,21 @@
 //! tokens), and only these outputs: `neft.tokens` (the mask's sum) and per site a
 //! `[k, neurons]` FLOAT tensor, one row per wanted statistic in [`Statistic::ALL`]
 //! order (Σx, Σ|x|, Σx², #(x>0), max|x|) over its rows; for sites counted over rows,
-//! also the row count. Token rows are multiplied by the mask, which zeroes padding in
-//! every sum and never raises a max |x|. The model's own outputs are dropped, and with
-//! them every op no site needs.
+//! also the row count. Padding never counts: token sums weigh rows by the mask, and
+//! the max is taken after the mask zeroes padded rows (see [`reduce`](super::reduce)).
+//! The model's own outputs are dropped, and with them every op no site needs.
 //!
 //! Every shape in the graph follows from the input shapes (padding is masked, not
 //! gathered away): ONNX Runtime keeps memory for every shape it meets, so
 //! data-dependent shapes would make memory grow with the data.
 
 use super::file::Statistic;
+use super::reduce::{Reducer, Weights};
 use super::sites::Site;
 use crate::ir::{attr, Graph, IrError};
 use crate::onnx::make::{value_info, value_info_unshaped};
 use crate::onnx::DataType;
+use crate::runtime::Ep;
 
 pub const MASK_INPUT: &str = "neft.token_mask";
 pub const TOKENS_OUTPUT: &str = "neft.tokens";
@@ -32,19 +34,18 @@ pub struct SiteOutputs {
     pub rows: Option<String>,
 }
 
-/// Builds the instrumented graph; returns it and each site's outputs (same order).
-/// `stats` must be non-empty and in [`Statistic::ALL`] order.
+/// Builds the instrumented graph, in the ops that run fast on `ep`; returns it and each
+/// site's outputs (same order). `stats` must be non-empty and in [`Statistic::ALL`] order.
 pub fn instrument(
     graph: &Graph,
     sites: &[Site],
     opset: i64,
     stats: &[Statistic],
+    ep: Ep,
 ) -> Result<(Graph, Vec<SiteOutputs>), IrError> {
     let mut g = graph.clone();
     g.set_pass(Some("profile"));
     g.add_input(value_info(MASK_INPUT, DataType::Float, &["batch".into(), "seq".into()]))?;
-    let column = g.const_i64s("mask_column", &[-1, 1]);
-    let mask = g.add1("Reshape", &[MASK_INPUT, &column], vec![], "token_mask_rows")?;
     let tokens = g.add1("ReduceSum", &[MASK_INPUT], vec![attr::int("keepdims", 0)], TOKENS_OUTPUT)?;
     if tokens != TOKENS_OUTPUT {
         // The caller finds the count by this exact name.
@@ -52,11 +53,12 @@ pub fn instrument(
     }
     let mut outputs = vec![value_info(&tokens, DataType::Float, &[])];
     let mut found = vec![];
-    let r = Reducer::new(&mut g, opset);
+    let r = Reducer::new(&mut g, opset, ep);
+    let mask = r.token_mask(&mut g, MASK_INPUT)?;
     for site in sites {
         let rows = site_rows(&mut g, site, graph)?;
-        let masked = if site.tokens { g.add1("Mul", &[&rows, &mask], vec![], "masked")? } else { rows.clone() };
-        let out = r.stats(&mut g, &masked, &site.name, stats)?;
+        let weights = if site.tokens { Weights::Tokens(&mask) } else { Weights::Every };
+        let out = r.stats(&mut g, &rows, &weights, &site.name, stats)?;
         outputs.push(value_info_unshaped(&out, DataType::Float));
         let count = if site.tokens { None } else { Some(row_count(&mut g, &rows, &site.name)?) };
         if let Some(c) = &count {
@@ -93,61 +95,4 @@ fn row_count(g: &mut Graph, rows: &str, site: &str) -> Result<String, IrError> {
     let zero = g.const_i64("dim0", 0);
     let n = g.add1("Gather", &[&shape, &zero], vec![attr::int("axis", 0)], "rows")?;
     g.add1("Cast", &[&n], vec![attr::int("to", DataType::Float as i64)], &format!("{site}.row_count"))
-}
-
-/// Emits reductions over axis 0 in the form the model's opset takes (axes as an input
-/// from opset 18, and for ReduceSum from 13; as an attribute before).
-struct Reducer {
-    opset: i64,
-    axes: String,
-}
-
-impl Reducer {
-    fn new(g: &mut Graph, opset: i64) -> Reducer {
-        Reducer { opset, axes: g.const_i64s("axis0", &[0]) }
-    }
-
-    fn reduce(&self, g: &mut Graph, op: &str, x: &str, hint: &str) -> Result<String, IrError> {
-        let keep = attr::int("keepdims", 1);
-        if self.opset >= 18 || (op == "ReduceSum" && self.opset >= 13) {
-            g.add1(op, &[x, &self.axes], vec![keep], hint)
-        } else {
-            g.add1(op, &[x], vec![keep, attr::ints("axes", &[0])], hint)
-        }
-    }
-
-    /// `[k, n]`, the wanted rows of Σx, Σ|x|, Σx², #(x>0), max|x|. Built from the ops
-    /// ONNX Runtime's CPU provider runs fast (ReduceSum, ReduceMax, Abs, Mul, Greater,
-    /// Cast): its ReduceL1, ReduceSumSquare and Sign are several times slower.
-    fn stats(&self, g: &mut Graph, x: &str, site: &str, wanted: &[Statistic]) -> Result<String, IrError> {
-        let mut abs = None;
-        let mut rows = vec![];
-        for stat in wanted {
-            let row = match stat {
-                Statistic::Mean => self.reduce(g, "ReduceSum", x, "sum")?,
-                Statistic::MeanAbs | Statistic::MaxAbs => {
-                    let a = match &abs {
-                        Some(a) => a,
-                        None => abs.insert(g.add1("Abs", &[x], vec![], "abs")?),
-                    }
-                    .clone();
-                    let op = if *stat == Statistic::MeanAbs { "ReduceSum" } else { "ReduceMax" };
-                    self.reduce(g, op, &a, stat.key())?
-                }
-                Statistic::MeanSq => {
-                    let sq = g.add1("Mul", &[x, x], vec![], "square")?;
-                    self.reduce(g, "ReduceSum", &sq, "sum_sq")?
-                }
-                Statistic::FracPos => {
-                    let zero = g.const_f32("zero", 0.0);
-                    let pos = g.add1("Greater", &[x, &zero], vec![], "positive")?;
-                    let pos = g.add1("Cast", &[&pos], vec![attr::int("to", DataType::Float as i64)], "positive")?;
-                    self.reduce(g, "ReduceSum", &pos, "positive")?
-                }
-            };
-            rows.push(row);
-        }
-        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
-        g.add1("Concat", &refs, vec![attr::int("axis", 0)], &format!("{site}.stats"))
-    }
 }

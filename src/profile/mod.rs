@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod file;
 mod instrument;
+mod reduce;
 mod session;
 mod sites;
 mod stream;
@@ -43,8 +44,9 @@ pub struct ProfileOptions {
     pub session: SessionOptions,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress: bool,
-    /// Profile only these weights' sites (all when `None`): selection reads only the
-    /// layers it targets, and every site costs time.
+    /// Profile only the sites of these names (all when `None`; a weight's name for its
+    /// output, [`input_site`] for its input units): selection reads only the sites of
+    /// the layers it targets, and every site costs time.
     pub only: Option<BTreeSet<String>>,
     /// The statistics to compute (each costs passes over every activation).
     pub statistics: Vec<Statistic>,
@@ -80,13 +82,13 @@ impl Profiler {
         let facts = crate::runtime::tract::infer(model).ok();
         let mut sites = find_sites(&graph, &layers, facts.as_ref());
         if let Some(only) = only {
-            sites.retain(|s| only.contains(&s.weight));
+            sites.retain(|s| only.contains(&s.name));
         }
         if sites.is_empty() {
             bail!("{label}: no trainable layers (MatMul, Gemm or Conv with a constant weight) to profile");
         }
         let opset = crate::autodiff::default_opset(&model.proto.opset_import).unwrap_or(1);
-        let (instrumented, outputs) = instrument(&graph, &sites, opset, &statistics)
+        let (instrumented, outputs) = instrument(&graph, &sites, opset, &statistics, session.ep)
             .with_context(|| format!("{label}: cannot instrument the graph"))?;
         let mut proto = model.proto.clone();
         proto.graph = Some(instrumented.to_proto());

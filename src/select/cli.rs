@@ -124,7 +124,7 @@ fn choose(
     let profile = match (profile, &data) {
         (Some(p), _) => Some(p),
         (None, Some(d)) if opts.needs_profile() => {
-            let only = Some(super::targeted_weights(model, &opts.targets, unit)?);
+            let only = Some(super::activation_sites(model, &opts.targets, unit)?);
             // Only the statistic the selection reads: each one costs passes over every activation.
             let statistics = vec![args.statistic];
             let popts =

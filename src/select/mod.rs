@@ -23,7 +23,7 @@ pub use neurons::{LayerNeurons, NeuronError, NeuronSet, NEURONS_FORMAT};
 pub use strategy::{score_groups, DataSource, Evidence, Strategy};
 pub use units::{build_groups, split_role, Group, Member, Targets};
 
-use crate::analyze::{analyze_structure, find_layers};
+use crate::analyze::{analyze_structure, find_layers, Layer};
 use crate::compile::Unit;
 use crate::ir::Graph;
 use crate::onnx::Model;
@@ -76,13 +76,26 @@ pub struct Selection {
     pub summary: SelectionSummary,
 }
 
-/// The weights whose layers the targets select from (for profiling only those).
+/// The weights whose layers the targets select from.
 pub fn targeted_weights(model: &Model, targets: &Targets, unit: Unit) -> anyhow::Result<BTreeSet<String>> {
+    let (_, groups) = targeted_groups(model, targets, unit)?;
+    Ok(groups.iter().flat_map(|g| g.members.iter().map(|m| m.weight.clone())).collect())
+}
+
+/// The profile sites `--strategy activation` reads for these targets and unit: each
+/// member's output neurons, or the units entering a down projection selected along its
+/// input axis. Profiling only these saves a pass over every unread activation.
+pub fn activation_sites(model: &Model, targets: &Targets, unit: Unit) -> anyhow::Result<BTreeSet<String>> {
+    let (layers, groups) = targeted_groups(model, targets, unit)?;
+    Ok(groups.iter().flat_map(|g| &g.members).map(|m| strategy::activation_site(m, &layers)).collect())
+}
+
+fn targeted_groups(model: &Model, targets: &Targets, unit: Unit) -> anyhow::Result<(Vec<Layer>, Vec<Group>)> {
     let graph = Graph::from_proto(model.graph()).with_context(|| format!("{}: invalid graph", model.display_path()))?;
     let layers = find_layers(&graph);
     let mlps = analyze_structure(&graph, &layers).mlps;
     let groups = build_groups(&layers, &mlps, targets, unit);
-    Ok(groups.iter().flat_map(|g| g.members.iter().map(|m| m.weight.clone())).collect())
+    Ok((layers, groups))
 }
 
 /// Selects neurons of `model`. Units of a gated MLP are written out in all three

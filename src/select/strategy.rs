@@ -118,6 +118,16 @@ pub fn score_groups(
         .collect())
 }
 
+/// The profile site that scores `m`: the layer's output neurons, or the units entering
+/// it when `m` selects along the input axis (a down projection's share of an MLP unit).
+pub fn activation_site(m: &Member, layers: &[Layer]) -> String {
+    if m.is_neuron_axis(layers) {
+        m.weight.clone()
+    } else {
+        input_site(&m.weight)
+    }
+}
+
 /// The profile statistic of each member: a layer's output neurons, or for a down
 /// projection's input units the profiled units entering it. `mean` is taken as |mean|.
 fn activation_scores(
@@ -130,7 +140,7 @@ fn activation_scores(
     )?;
     let mut out = HashMap::new();
     for (m, role) in members {
-        let site = if m.is_neuron_axis(layers) { m.weight.clone() } else { input_site(&m.weight) };
+        let site = activation_site(m, layers);
         let stats = profile.site(&site).with_context(|| {
             format!(
                 "the profile of {} has no statistics for '{site}' ({role}); was it made from this model?",
