@@ -8,6 +8,17 @@ use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 
+/// Lets a closed standard output (`neft inspect --json | head`) end the process the
+/// way it ends `cat`, instead of a panic in `println!` (Rust ignores SIGPIPE).
+pub fn exit_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; restores the
+    // default disposition of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Options of `neft compile` / `neft-compile`.
 #[derive(Debug, Args)]
 pub struct CompileArgs {

@@ -11,6 +11,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    neft::cli::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match neft::cli::run_compile(&cli.args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -82,6 +82,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    neft::cli::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
