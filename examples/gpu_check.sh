@@ -6,7 +6,8 @@
 #   2. the same training run on CPU and CUDA (tiny Llama): losses side by side;
 #   3. SmolLM2-135M-shaped training throughput on CUDA: full MLP, paper masks, split rows,
 #      with ONNX Runtime's default arena growth and again with NEFT_CUDA_ARENA=same-as-requested;
-#   4. if Nsight Systems (nsys) is installed: a trace of 10 split-6% steps (GPU kernel times,
+#   4. neft profile on CUDA vs CPU (tiny Llama, every layer, all statistics): largest difference;
+#   5. if Nsight Systems (nsys) is installed: a trace of 10 split-6% steps (GPU kernel times,
 #      unlike ONNX Runtime's profile, which charges a node with any wait it hits).
 set -euo pipefail
 : "${ORTDIR:?}" "${NEFT:?}" "${WORK:=/tmp/neftgpu}"
@@ -19,8 +20,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== 1. CUDA execution provider"
 $NEFT inspect "$OLDPWD/models/fixtures/tiny_llama.onnx" --check --ep cuda | tail -3
 
-if [ -z "${SKIP_TINY:-}" ]; then
-echo "== 2. tiny Llama: CPU vs CUDA, 30 steps, split rows"
 python3 - <<'PY'
 import json, random
 random.seed(0)
@@ -28,6 +27,8 @@ with open("tiny.jsonl", "w") as f:
     for _ in range(64):
         a = random.randrange(1, 100); f.write(json.dumps({"input_ids": [(a + 3 * i) % 128 for i in range(24)]}) + "\n")
 PY
+if [ -z "${SKIP_TINY:-}" ]; then
+echo "== 2. tiny Llama: CPU vs CUDA, 30 steps, split rows"
 cat > tiny_neurons.json <<'J'
 {"format":"neft.neurons/1","layers":{"val_242":{"axis":1,"rows":[0,4,8,12,16,20,24,28]},"val_244":{"axis":1,"rows":[1,5,9,13]},"val_386":{"axis":1,"rows":[0,8,16,24,32,40,48,56,64,72,80,88,96,104,112,120]}}}
 J
@@ -105,8 +106,30 @@ echo "arena: same as requested"
 rm -rf art_*
 NEFT_CUDA_ARENA=same-as-requested table
 
+echo "== 4. neft profile: CUDA vs CPU"
+for ep in cpu cuda; do
+  $NEFT profile "$OLDPWD/models/fixtures/tiny_llama.onnx" --data tiny.jsonl --ep $ep -o prof_$ep.safetensors > /dev/null
+done
+python3 - <<'PY'
+import json, struct
+def tensors(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + n]); body = raw[8 + n:]
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__" or v["dtype"] != "F32":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = struct.unpack(f"<{(b - a) // 4}f", body[a:b])
+    return out
+cpu, cuda = tensors("prof_cpu.safetensors"), tensors("prof_cuda.safetensors")
+worst = max((abs(x - y) / max(1.0, abs(x)), k) for k in cpu for x, y in zip(cpu[k], cuda[k]))
+print(f"{len(cpu)} tensors; largest relative difference {worst[0]:.2e} in {worst[1]}")
+PY
+
 if command -v nsys > /dev/null; then
-  echo "== 4. Nsight Systems trace of split-6%"
+  echo "== 5. Nsight Systems trace of split-6%"
   rm -rf art_trace
   $NEFT compile smol/model.onnx -o art_trace --neurons units6.json --unit mlp-unit > /dev/null
   nsys profile -o trace --force-overwrite true --trace cuda,nvtx \
