@@ -222,7 +222,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// AdamW learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     pub lr: f32,
     /// Share of the MLP parameters to train.
     #[arg(long, default_value = "6%")]

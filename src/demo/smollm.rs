@@ -19,7 +19,7 @@ pub const GGUF_FILE: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Marks a folder as written by the demo, so a re-run may replace it.
 const MARKER: &str = ".neft-demo";
 
-/// What `neft demo` runs; the defaults finish in about 15 minutes on 2 cores.
+/// What `neft demo` runs; the defaults take about 7 minutes on 2 cores.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoSettings {
     pub out: PathBuf,
