@@ -1,23 +1,14 @@
 //! `neft compile` as users run it: bad neuron files, atomic output, and mask mode on a
 //! graph that already computes gradients.
 
+mod train_support;
+
 use neft::artifact::Plan;
 use neft::runtime::ort::{HostTensor, SessionOptions};
 use neft::train::TrainSession;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn neft(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_neft")).args(args).current_dir(dir).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
+use std::path::Path;
+use std::process::Command;
+use train_support::*;
 
 #[test]
 fn bad_neuron_files_get_clear_errors_and_leave_nothing_behind() {
@@ -225,15 +216,7 @@ fn inspect_diff_is_empty_for_a_model_and_names_what_compile_changed() {
 #[test]
 fn dot_output_of_a_compiled_layer_is_well_formed() {
     let dir = tempfile::tempdir().unwrap();
-    let llama = repo("models/fixtures/tiny_llama.onnx");
-    std::fs::write(
-        dir.path().join("n.json"),
-        r#"{"format":"neft.neurons/1","layers":{"val_242":{"axis":1,"rows":[1,2]}}}"#,
-    )
-    .unwrap();
-    assert!(neft(&["compile", llama.to_str().unwrap(), "-o", "out", "--neurons", "n.json"], dir.path())
-        .status
-        .success());
+    compile_llama(dir.path(), "out", &[("val_242", 1, vec![1, 2])], &[]);
     let out = neft(
         &["inspect", "out/train_step.onnx", "--dot", "g.dot", "--around", "val_242.rows", "--depth", "3"],
         dir.path(),
@@ -267,17 +250,7 @@ fn dot_output_of_a_compiled_layer_is_well_formed() {
 #[test]
 fn every_artifact_folder_records_its_neurons_and_inspect_shows_where_they_are() {
     let dir = tempfile::tempdir().unwrap();
-    let llama = repo("models/fixtures/tiny_llama.onnx");
-    std::fs::write(
-        dir.path().join("n.json"),
-        r#"{"format":"neft.neurons/1","layers":{"val_244":{"axis":1,"rows":[3,10]}}}"#,
-    )
-    .unwrap();
-    let out = neft(
-        &["compile", llama.to_str().unwrap(), "-o", "out", "--neurons", "n.json", "--unit", "mlp-unit"],
-        dir.path(),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    compile_llama(dir.path(), "out", &[("val_244", 1, vec![3, 10])], &["--unit", "mlp-unit"]);
     // The neurons actually trained: the unit expanded to gate, up and down.
     let written = neft::select::NeuronSet::load(&dir.path().join("out/neurons.json")).unwrap();
     assert_eq!(written.layers.keys().collect::<Vec<_>>(), ["val_242", "val_244", "val_245"]);

@@ -2,6 +2,8 @@
 //! Runtime, split and mask modes follow the same trajectory, frozen values never
 //! change, selecting every row is full fine-tuning, MLP units couple three weights.
 
+mod train_support;
+
 use neft::artifact::{State, StateTensor};
 use neft::compile::{compile, CompileOptions, Mode, Unit};
 use neft::onnx;
@@ -10,11 +12,8 @@ use neft::passes::append_loss::LossSpec;
 use neft::runtime::ort::{HostTensor, SessionOptions};
 use neft::select::{LayerNeurons, NeuronSet};
 use neft::train::TrainSession;
-use std::path::{Path, PathBuf};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use std::path::Path;
+use train_support::{random_lm_batch, repo};
 
 fn llama() -> onnx::Model {
     onnx::load(repo("models/fixtures/tiny_llama.onnx")).unwrap()
@@ -51,15 +50,7 @@ fn options(mode: Mode, unit: Unit) -> CompileOptions {
 }
 
 fn batch(seed: u64) -> Vec<(&'static str, HostTensor)> {
-    let (b, t) = (2usize, 12usize);
-    let mut s = seed;
-    let ids: Vec<i64> = (0..b * t)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) % 128) as i64
-        })
-        .collect();
-    vec![("input_ids", HostTensor::i64(&[b, t], ids.clone())), ("labels", HostTensor::i64(&[b, t], ids))]
+    random_lm_batch(seed, 2, 12)
 }
 
 fn opts() -> SessionOptions {

@@ -22,15 +22,7 @@ fn neurons() -> NeuronSet {
 }
 
 fn batch(seed: u64) -> Vec<(&'static str, HostTensor)> {
-    let (b, t) = (3usize, 10usize);
-    let mut s = seed;
-    let ids: Vec<i64> = (0..b * t)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 33) % 128) as i64
-        })
-        .collect();
-    vec![("input_ids", HostTensor::i64(&[b, t], ids.clone())), ("labels", HostTensor::i64(&[b, t], ids))]
+    random_lm_batch(seed, 3, 10)
 }
 
 fn same_bits_over_steps(mode: Mode, optimizer: Optimizer) {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use neft::artifact::{State, StateTensor};
+use neft::runtime::ort::HostTensor;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -52,6 +53,18 @@ pub fn compile_llama(dir: &Path, out: &str, neurons: &[(&str, usize, Vec<usize>)
     args.extend_from_slice(flags);
     neft_ok(&args, dir);
     dir.join(out)
+}
+
+/// A batch of `rows` × `len` seeded pseudo-random token ids (vocab 128), its own labels.
+pub fn random_lm_batch(seed: u64, rows: usize, len: usize) -> Vec<(&'static str, HostTensor)> {
+    let mut s = seed;
+    let ids: Vec<i64> = (0..rows * len)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % 128) as i64
+        })
+        .collect();
+    vec![("input_ids", HostTensor::i64(&[rows, len], ids.clone())), ("labels", HostTensor::i64(&[rows, len], ids))]
 }
 
 /// Sequences that repeat `1..=period` from a seeded offset: a pattern a tiny decoder
