@@ -87,7 +87,7 @@ pub struct Greedy {
 }
 
 impl Greedy {
-    /// Writes (or reuses) `<model>.greedy.onnx` beside `model` and opens it.
+    /// Writes `<model>.greedy.onnx` beside `model` (replacing an earlier one) and opens it.
     pub fn open(model: &Path, opts: &SessionOptions) -> anyhow::Result<Greedy> {
         let wrapper = write_greedy_wrapper(model)?;
         let session = Session::from_file(&wrapper, opts)?;
