@@ -19,6 +19,22 @@ pub fn exit_quietly_on_closed_pipe() {
     }
 }
 
+/// An error and its causes on one line, as `{:#}` prints them, but without a cause
+/// whose text the message before it already quotes (many errors here name their
+/// source in their own message: `FILE: No such file or directory`).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Options of `neft compile` / `neft-compile`.
 #[derive(Debug, Args)]
 pub struct CompileArgs {
@@ -224,9 +240,9 @@ pub struct DemoArgs {
     /// AdamW learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f32,
-    /// Share of the MLP parameters to train.
+    /// Share of the MLP parameters to train (or a number of MLP units).
     #[arg(long, default_value = "6%")]
-    pub budget: String,
+    pub budget: crate::select::Budget,
 }
 
 pub fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
@@ -239,7 +255,7 @@ pub fn run_demo(args: &DemoArgs) -> anyhow::Result<()> {
         steps: args.steps,
         batch: args.batch,
         lr: args.lr,
-        budget: args.budget.clone(),
+        budget: args.budget.to_string(),
         size: Default::default(),
     })
 }

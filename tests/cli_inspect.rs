@@ -181,3 +181,12 @@ fn a_closed_output_pipe_ends_inspect_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "a panic's exit code");
 }
+
+#[test]
+fn an_error_names_its_cause_once() {
+    let out = Command::new(env!("CARGO_BIN_EXE_neft")).args(["inspect", "no-such-model.onnx"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-model.onnx"), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+}

@@ -138,6 +138,11 @@ fn the_demo_without_its_downloads_says_what_to_run_and_writes_nothing() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("bash .ci/setup --demo"), "{}", stderr(&out));
     assert!(!dir.path().join("d").exists());
+    // A bad budget is refused before anything runs.
+    let out = neft(&["demo", "--budget", "200%", "-o", "d"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("at most 100%"), "{}", stderr(&out));
+    assert!(!dir.path().join("d").exists());
     // A folder the demo did not write is never replaced.
     std::fs::create_dir_all(dir.path().join("mine")).unwrap();
     std::fs::write(dir.path().join("mine/keep.txt"), "precious").unwrap();

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match neft::cli::run_compile(&cli.args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", neft::cli::error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", neft::cli::error_text(&e));
             ExitCode::FAILURE
         }
     }
