@@ -12,12 +12,14 @@
 //! run the same batches, interleaved batch by batch, for `--rounds` rounds; each round
 //! gives each run a ratio to the forward pass, and the table shows their median and
 //! range (the machine is shared). `--threads 1 --clock cpu` times by the thread's CPU
-//! time, which other processes' load does not change. Memory: each data size is
-//! profiled in its own child process, which reports its peak resident memory (VmHWM).
+//! time, which other processes' load does not change. Every profile runs in both forms
+//! of the reductions: neft's fused operator (the CPU's) and standard ops (CUDA's).
+//! Memory: each data size and form is profiled in its own child process, which reports
+//! its peak resident memory (VmHWM).
 
 use neft::models::llama::{build_llama, LlamaConfig, RandomWeights};
 use neft::profile::{
-    profile, ProfileOptions, Profiler, Statistic, StreamOptions, TokenBatch, TokenInputs, TokenStream,
+    profile, Form, ProfileOptions, Profiler, Statistic, StreamOptions, TokenBatch, TokenInputs, TokenStream,
 };
 use neft::runtime::ort::{HostTensor, Session, SessionOptions};
 use std::collections::BTreeSet;
@@ -86,7 +88,8 @@ fn parse(argv: &[String]) -> Args {
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--child") {
-        return child(Path::new(&argv[1]), Path::new(&argv[2]));
+        let form = if argv[1] == "standard" { Form::Standard } else { Form::Fused };
+        return child(form, Path::new(&argv[2]), Path::new(&argv[3]));
     }
     let a = parse(&argv);
     anyhow::ensure!(!a.cpu_clock || a.threads == Some(1), "--clock cpu needs --threads 1");
@@ -177,16 +180,24 @@ fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
     let read = neft::select::activation_sites(&model, &targets, unit)?;
     let mut plain = Session::from_file(model_path, &opts)?;
     let all_stats = Statistic::ALL;
-    let mut every = Profiler::new(&model, &opts, None, &all_stats)?;
-    let mut mlp_only = Profiler::new(&model, &opts, Some(&mlp), &all_stats)?;
-    let mut mlp_one = Profiler::new(&model, &opts, Some(&read), &[Statistic::MeanAbs])?;
+    // The CPU form (neft's fused operator) beside the standard-op form the CUDA provider gets.
+    let (fused, standard) = (Some(Form::Fused), Some(Form::Standard));
+    let mut every = Profiler::new(&model, &opts, None, &all_stats, fused)?;
+    let mut every_std = Profiler::new(&model, &opts, None, &all_stats, standard)?;
+    let mut mlp_only = Profiler::new(&model, &opts, Some(&mlp), &all_stats, fused)?;
+    let mut mlp_only_std = Profiler::new(&model, &opts, Some(&mlp), &all_stats, standard)?;
+    let mut mlp_one = Profiler::new(&model, &opts, Some(&read), &[Statistic::MeanAbs], fused)?;
+    let mut mlp_one_std = Profiler::new(&model, &opts, Some(&read), &[Statistic::MeanAbs], standard)?;
     let sites = (every.sites.len(), mlp_only.sites.len(), mlp_one.sites.len());
     type Run<'a> = Box<dyn FnMut(&TokenBatch) -> anyhow::Result<()> + 'a>;
     let mut runs: Vec<(&str, Run)> = vec![
         ("plain forward (ORT CPU)", Box::new(|b: &TokenBatch| forward(&mut plain, &b.feeds(&inputs)))),
         ("profile: every layer, 5 statistics", Box::new(|b: &TokenBatch| every.run(b).map(drop))),
+        ("  same, standard ops", Box::new(|b: &TokenBatch| every_std.run(b).map(drop))),
         ("profile: MLP layers, 5 statistics", Box::new(|b: &TokenBatch| mlp_only.run(b).map(drop))),
+        ("  same, standard ops", Box::new(|b: &TokenBatch| mlp_only_std.run(b).map(drop))),
         ("profile: MLP sites compile reads, mean abs", Box::new(|b: &TokenBatch| mlp_one.run(b).map(drop))),
+        ("  same, standard ops", Box::new(|b: &TokenBatch| mlp_one_std.run(b).map(drop))),
     ];
     for (_, run) in runs.iter_mut() {
         run(&all[0])?;
@@ -276,23 +287,29 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
 
 fn memory(model: &Path, dir: &Path, a: &Args) -> anyhow::Result<()> {
     println!();
-    println!("| calibration data | examples | file | tokens | seconds | peak RSS (VmHWM) |");
-    println!("|---|---|---|---|---|---|");
+    println!("| reductions | calibration data | examples | file | tokens | seconds | peak RSS (VmHWM) |");
+    println!("|---|---|---|---|---|---|---|");
     for (k, scale) in [1usize, 10].iter().enumerate() {
         let data = dir.join(format!("mem{scale}.jsonl"));
         let n = a.examples * 4 * scale;
         write_tokens(&data, n, a.seq, a.vocab, 7 + k as u64)?;
-        let out = std::process::Command::new(std::env::current_exe()?).arg("--child").arg(model).arg(&data).output()?;
-        anyhow::ensure!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let size = std::fs::metadata(&data)?.len();
-        println!("| {scale}x | {n} | {:.1} MB | {line} |", size as f64 / 1e6);
+        for form in ["fused", "standard"] {
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["--child", form])
+                .arg(model)
+                .arg(&data)
+                .output()?;
+            anyhow::ensure!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stderr));
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let size = std::fs::metadata(&data)?.len();
+            println!("| {form} | {scale}x | {n} | {:.1} MB | {line} |", size as f64 / 1e6);
+        }
     }
     Ok(())
 }
 
-/// Profiles `model` on `data` and prints "tokens | seconds | VmHWM".
-fn child(model: &Path, data: &Path) -> anyhow::Result<()> {
+/// Profiles `model` on `data` with the reductions in `form` and prints "tokens | seconds | VmHWM".
+fn child(form: Form, model: &Path, data: &Path) -> anyhow::Result<()> {
     let m = neft::onnx::load(model)?;
     let opts = ProfileOptions {
         stream: StreamOptions { batch: 8, seq_len: 256, max_examples: None },
@@ -303,6 +320,7 @@ fn child(model: &Path, data: &Path) -> anyhow::Result<()> {
         progress: false,
         only: None,
         statistics: Statistic::ALL.to_vec(),
+        form: Some(form),
     };
     let t0 = Instant::now();
     let p = profile(&m, data, None, &opts)?;

@@ -6,7 +6,7 @@ use neft::ir::Graph;
 use neft::models::llama::{build_llama, LlamaConfig, RandomWeights};
 use neft::onnx::make::value_info_unshaped;
 use neft::onnx::{self, DataType};
-use neft::profile::{find_sites, open_derived, profile, Profile, ProfileOptions, Site, Statistic, StreamOptions};
+use neft::profile::{find_sites, open_derived, profile, Form, Profile, ProfileOptions, Site, Statistic, StreamOptions};
 use neft::runtime::ort::{HostTensor, SessionOptions};
 use std::path::{Path, PathBuf};
 
@@ -35,12 +35,17 @@ fn write_jsonl(path: &Path, examples: &[Vec<i64>]) {
 }
 
 fn options(batch: usize) -> ProfileOptions {
+    options_in(batch, None)
+}
+
+fn options_in(batch: usize, form: Option<Form>) -> ProfileOptions {
     ProfileOptions {
         stream: StreamOptions { batch, seq_len: 64, max_examples: None },
         session: SessionOptions { threads: Some(1), ..Default::default() },
         progress: false,
         only: None,
         statistics: Statistic::ALL.to_vec(),
+        form,
     }
 }
 
@@ -105,14 +110,18 @@ fn profile_statistics_equal_statistics_of_the_full_activations_without_padding()
     let examples = token_examples(10, 96);
     let data = dir.path().join("calib.jsonl");
     write_jsonl(&data, &examples);
-    let p = profile(&model, &data, None, &options(4)).unwrap();
-    let tokens: usize = examples.iter().map(Vec::len).sum();
-    assert_eq!((p.tokens, p.examples, p.batches), (tokens as u64, 10, 3));
-
-    // 15 layer outputs and the 2 MLPs' intermediate units, all counted over tokens.
-    assert_eq!(p.sites.len(), 17);
-    assert!(p.sites.iter().all(|s| s.site.tokens && s.count == tokens as u64));
-    assert_matches_direct(&model, &p, &examples);
+    // The CPU's fused operator, and the standard ops the CUDA provider gets (run here on the CPU).
+    let fused = profile(&model, &data, None, &options_in(4, Some(Form::Fused))).unwrap();
+    let standard = profile(&model, &data, None, &options_in(4, Some(Form::Standard))).unwrap();
+    for p in [&fused, &standard] {
+        let tokens: usize = examples.iter().map(Vec::len).sum();
+        assert_eq!((p.tokens, p.examples, p.batches), (tokens as u64, 10, 3));
+        // 15 layer outputs and the 2 MLPs' intermediate units, all counted over tokens.
+        assert_eq!(p.sites.len(), 17);
+        assert!(p.sites.iter().all(|s| s.site.tokens && s.count == tokens as u64));
+        assert_matches_direct(&model, p, &examples);
+    }
+    let p = fused;
     // The padded positions would have changed the numbers: the test can see padding.
     let padded = padded_mean_abs(&model, &p.sites[0].site, &examples);
     let differs =
@@ -189,11 +198,13 @@ fn layers_whose_output_has_no_token_axis_are_counted_per_row() {
     let examples: Vec<Vec<i64>> = (0..5).map(|i| (0..4).map(|k| (i * 7 + k * 3) % 50).collect()).collect();
     let data = dir.path().join("calib.jsonl");
     write_jsonl(&data, &examples);
-    let p = profile(&model, &data, None, &options(2)).unwrap();
-    let site = p.site("w").unwrap();
-    assert!(!site.site.tokens, "[batch, 6] has no token axis");
-    assert_eq!((site.count, p.tokens), (5, 20));
-    assert_matches_direct(&model, &p, &examples);
+    for form in [Form::Fused, Form::Standard] {
+        let p = profile(&model, &data, None, &options_in(2, Some(form))).unwrap();
+        let site = p.site("w").unwrap();
+        assert!(!site.site.tokens, "[batch, 6] has no token axis");
+        assert_eq!((site.count, p.tokens), (5, 20));
+        assert_matches_direct(&model, &p, &examples);
+    }
 }
 
 /// Mean |x| of one site over every position of padded batches of 4, padding included.
@@ -255,4 +266,39 @@ fn bad_data_and_models_that_do_not_take_tokens_get_clear_errors() {
     let err = run(&mlp, "{\"input_ids\":[1,2]}\n");
     assert!(err.contains("mlp_loss.onnx") && err.contains("input_ids"), "{err}");
     assert!(!dir.path().join("profile.safetensors").exists());
+}
+
+#[test]
+fn fused_reductions_form_one_chain_in_forward_order_so_each_runs_after_its_activation() {
+    use neft::runtime::neuron_stats::{DOMAIN, OP};
+    let dir = tempfile::tempdir().unwrap();
+    let model = onnx::load(small_llama(&dir.path().join("m"))).unwrap();
+    let graph = Graph::from_proto(model.graph()).unwrap();
+    let sites = find_sites(&graph, &neft::analyze::find_layers(&graph), None);
+    let ep = neft::runtime::Ep::Cpu;
+    let (g, outs) = neft::profile::instrument(&graph, &sites, 18, &Statistic::ALL, ep, Form::Fused).unwrap();
+    let proto = g.to_proto();
+    let fused: Vec<_> = proto.node.iter().filter(|n| n.op_type() == OP && n.domain() == DOMAIN).collect();
+    assert_eq!(fused.len(), sites.len());
+    // Where each site's tensor is made in the source graph.
+    let made_at = |tensor: &str| model.graph().node.iter().position(|n| n.output.iter().any(|o| o == tensor)).unwrap();
+    let site_of = |out: &str| outs.iter().position(|o| o.stats == out).unwrap();
+    // Walk the chain back from its end: every site once, each made before the next.
+    let by_output = |out: &str| fused.iter().find(|n| n.output[0] == out).copied();
+    let last = fused.iter().find(|n| !fused.iter().any(|m| m.input.get(2) == Some(&n.output[0]))).unwrap();
+    let mut chain = vec![site_of(&last.output[0])];
+    let mut node = *last;
+    while let Some(prev) = node.input.get(2).and_then(|p| by_output(p)) {
+        chain.push(site_of(&prev.output[0]));
+        node = prev;
+    }
+    chain.reverse();
+    assert_eq!(chain.len(), sites.len(), "one chain through every site");
+    let made: Vec<usize> = chain.iter().map(|&k| made_at(&sites[k].tensor)).collect();
+    assert!(made.windows(2).all(|w| w[0] <= w[1]), "chain follows the forward pass: {made:?}");
+    // Each node reads its site's tensor itself (no reshape in between) and the token mask.
+    for (k, site) in sites.iter().enumerate() {
+        let n = by_output(&outs[k].stats).unwrap();
+        assert_eq!(n.input[..2], [site.tensor.clone(), neft::profile::MASK_INPUT.to_string()]);
+    }
 }

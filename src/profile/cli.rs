@@ -95,6 +95,7 @@ pub fn run_profile(args: &ProfileArgs) -> anyhow::Result<()> {
         progress: true,
         only,
         statistics: args.statistics.clone(),
+        form: None,
     };
     let t0 = std::time::Instant::now();
     let p = profile(&model, data, enc, &opts)?;

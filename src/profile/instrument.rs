@@ -6,8 +6,7 @@
 //! tokens), and only these outputs: `neft.tokens` (the mask's sum) and per site a
 //! `[k, neurons]` FLOAT tensor, one row per wanted statistic in [`Statistic::ALL`]
 //! order (Σx, Σ|x|, Σx², #(x>0), max|x|) over its rows; for sites counted over rows,
-//! also the row count. Padding never counts: token sums weigh rows by the mask, and
-//! the max is taken after the mask zeroes padded rows (see [`reduce`](super::reduce)).
+//! also the row count. Padding never counts (see [`reduce`](super::reduce) for how).
 //! The model's own outputs are dropped, and with them every op no site needs.
 //!
 //! Every shape in the graph follows from the input shapes (padding is masked, not
@@ -15,7 +14,7 @@
 //! data-dependent shapes would make memory grow with the data.
 
 use super::file::Statistic;
-use super::reduce::{Reducer, Weights};
+use super::reduce::{Form, Reducer, Weights};
 use super::sites::Site;
 use crate::ir::{attr, Graph, IrError};
 use crate::onnx::make::{value_info, value_info_unshaped};
@@ -34,14 +33,16 @@ pub struct SiteOutputs {
     pub rows: Option<String>,
 }
 
-/// Builds the instrumented graph, in the ops that run fast on `ep`; returns it and each
-/// site's outputs (same order). `stats` must be non-empty and in [`Statistic::ALL`] order.
+/// Builds the instrumented graph, its reductions in `form` (in ops that run fast on
+/// `ep`); returns it and each site's outputs (same order). `stats` must be non-empty and
+/// in [`Statistic::ALL`] order.
 pub fn instrument(
     graph: &Graph,
     sites: &[Site],
     opset: i64,
     stats: &[Statistic],
     ep: Ep,
+    form: Form,
 ) -> Result<(Graph, Vec<SiteOutputs>), IrError> {
     let mut g = graph.clone();
     g.set_pass(Some("profile"));
@@ -52,19 +53,28 @@ pub fn instrument(
         return Err(IrError::Misuse(format!("the model already has a value named '{TOKENS_OUTPUT}'")));
     }
     let mut outputs = vec![value_info(&tokens, DataType::Float, &[])];
-    let mut found = vec![];
-    let r = Reducer::new(&mut g, opset, ep);
+    let r = Reducer::new(&mut g, opset, ep, form);
     let mask = r.token_mask(&mut g, MASK_INPUT)?;
-    for site in sites {
-        let rows = site_rows(&mut g, site, graph)?;
+    // Every site's rows first, then the reductions: the chain of fused nodes must come
+    // after every op that feeds it (see `neuron_stats` on ordering).
+    let flatten = form == Form::Standard;
+    let rows: Vec<String> = sites.iter().map(|s| site_rows(&mut g, s, graph, flatten)).collect::<Result<_, _>>()?;
+    let mut found: Vec<Option<SiteOutputs>> = vec![None; sites.len()];
+    let mut previous: Option<String> = None;
+    for k in forward_order(graph, sites) {
+        let (site, rows) = (&sites[k], &rows[k]);
         let weights = if site.tokens { Weights::Tokens(&mask) } else { Weights::Every };
-        let out = r.stats(&mut g, &rows, &weights, &site.name, stats)?;
-        outputs.push(value_info_unshaped(&out, DataType::Float));
-        let count = if site.tokens { None } else { Some(row_count(&mut g, &rows, &site.name)?) };
-        if let Some(c) = &count {
+        let out = r.stats(&mut g, rows, &weights, &site.name, stats, previous.as_deref())?;
+        let count = if site.tokens { None } else { Some(row_count(&mut g, rows, site)?) };
+        found[k] = Some(SiteOutputs { stats: out.clone(), rows: count });
+        previous = Some(out);
+    }
+    let found: Vec<SiteOutputs> = found.into_iter().map(|f| f.expect("every site reduced")).collect();
+    for f in &found {
+        outputs.push(value_info_unshaped(&f.stats, DataType::Float));
+        if let Some(c) = &f.rows {
             outputs.push(value_info_unshaped(c, DataType::Float));
         }
-        found.push(SiteOutputs { stats: out, rows: count });
     }
     g.set_outputs(outputs)?;
     g.eliminate_dead();
@@ -72,8 +82,18 @@ pub fn instrument(
     Ok((g, found))
 }
 
-/// The site's tensor as FLOAT `[rows, neurons]`: neuron axis moved last, the rest flattened.
-fn site_rows(g: &mut Graph, site: &Site, source: &Graph) -> Result<String, IrError> {
+/// The sites' indices in the order the forward pass makes their tensors.
+fn forward_order(graph: &Graph, sites: &[Site]) -> Vec<usize> {
+    let position: std::collections::HashMap<_, usize> =
+        graph.ops_in_order().into_iter().enumerate().map(|(k, n)| (n, k)).collect();
+    let made_at = |s: &Site| graph.producer(&s.tensor).and_then(|(n, _)| position.get(&n).copied()).unwrap_or(0);
+    let mut order: Vec<usize> = (0..sites.len()).collect();
+    order.sort_by_key(|&k| made_at(&sites[k]));
+    order
+}
+
+/// The site's tensor as FLOAT with the neuron axis last; with `flatten`, `[rows, neurons]`.
+fn site_rows(g: &mut Graph, site: &Site, source: &Graph, flatten: bool) -> Result<String, IrError> {
     let mut x = site.tensor.clone();
     if let (Some(axis), Some(rank)) = (site.axis, site.rank) {
         if axis + 1 != rank {
@@ -85,14 +105,17 @@ fn site_rows(g: &mut Graph, site: &Site, source: &Graph) -> Result<String, IrErr
     if !float {
         x = g.add1("Cast", &[&x], vec![attr::int("to", DataType::Float as i64)], &format!("{}.f32", site.name))?;
     }
+    if !flatten {
+        return Ok(x);
+    }
     let shape = g.const_i64s("rows_shape", &[-1, site.neurons as i64]);
     g.add1("Reshape", &[&x, &shape], vec![], &format!("{}.rows", site.name))
 }
 
-/// The number of rows of a `[rows, n]` tensor, as a FLOAT scalar.
-fn row_count(g: &mut Graph, rows: &str, site: &str) -> Result<String, IrError> {
-    let shape = g.add1("Shape", &[rows], vec![], "shape")?;
-    let zero = g.const_i64("dim0", 0);
-    let n = g.add1("Gather", &[&shape, &zero], vec![attr::int("axis", 0)], "rows")?;
-    g.add1("Cast", &[&n], vec![attr::int("to", DataType::Float as i64)], &format!("{site}.row_count"))
+/// The number of rows of a tensor whose last axis is the site's neurons, as a FLOAT scalar.
+fn row_count(g: &mut Graph, rows: &str, site: &Site) -> Result<String, IrError> {
+    let size = g.add1("Size", &[rows], vec![], "size")?;
+    let size = g.add1("Cast", &[&size], vec![attr::int("to", DataType::Float as i64)], "size")?;
+    let neurons = g.const_f32("neurons", site.neurons as f32);
+    g.add1("Div", &[&size, &neurons], vec![], &format!("{}.row_count", site.name))
 }

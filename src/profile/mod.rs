@@ -23,6 +23,7 @@ mod stream;
 
 pub use file::{source_info, Profile, SiteStats, Statistic, PROFILE_FORMAT};
 pub use instrument::{instrument, SiteOutputs, MASK_INPUT, TOKENS_OUTPUT};
+pub use reduce::Form;
 pub use session::{open_derived, DerivedSession};
 pub use sites::{find_sites, input_site, Site, SiteKind};
 pub use stream::{load_tokenizer, StreamOptions, TokenBatch, TokenInputs, TokenStream};
@@ -50,6 +51,8 @@ pub struct ProfileOptions {
     pub only: Option<BTreeSet<String>>,
     /// The statistics to compute (each costs passes over every activation).
     pub statistics: Vec<Statistic>,
+    /// The ops the reductions are made of; `None`: the faster form for the provider.
+    pub form: Option<Form>,
 }
 
 /// The instrumented model, ready to run batches.
@@ -63,12 +66,14 @@ pub struct Profiler {
 }
 
 impl Profiler {
-    /// Finds the sites of `model`, instruments it and opens the session.
+    /// Finds the sites of `model`, instruments it (reductions in `form`, or the faster
+    /// form for the provider) and opens the session.
     pub fn new(
         model: &Model,
         session: &SessionOptions,
         only: Option<&BTreeSet<String>>,
         statistics: &[Statistic],
+        form: Option<Form>,
     ) -> anyhow::Result<Profiler> {
         let statistics: Vec<Statistic> = Statistic::ALL.into_iter().filter(|s| statistics.contains(s)).collect();
         if statistics.is_empty() {
@@ -88,10 +93,17 @@ impl Profiler {
             bail!("{label}: no trainable layers (MatMul, Gemm or Conv with a constant weight) to profile");
         }
         let opset = crate::autodiff::default_opset(&model.proto.opset_import).unwrap_or(1);
-        let (instrumented, outputs) = instrument(&graph, &sites, opset, &statistics, session.ep)
+        let form = form.unwrap_or(Form::for_ep(session.ep));
+        let (instrumented, outputs) = instrument(&graph, &sites, opset, &statistics, session.ep, form)
             .with_context(|| format!("{label}: cannot instrument the graph"))?;
         let mut proto = model.proto.clone();
         proto.graph = Some(instrumented.to_proto());
+        if form == Form::Fused {
+            proto.opset_import.push(crate::onnx::proto::OperatorSetIdProto {
+                domain: Some(crate::runtime::neuron_stats::DOMAIN.into()),
+                version: Some(crate::runtime::neuron_stats::DOMAIN_VERSION),
+            });
+        }
         let session = open_derived(model, &proto, &format!("{label} (instrumented)"), session)?;
         Ok(Profiler { sites, statistics, outputs, inputs, session })
     }
@@ -128,7 +140,7 @@ impl Profiler {
 
 /// Profiles `model` on the JSONL file `data`.
 pub fn profile(model: &Model, data: &Path, enc: Option<&dyn Encode>, opts: &ProfileOptions) -> anyhow::Result<Profile> {
-    let mut profiler = Profiler::new(model, &opts.session, opts.only.as_ref(), &opts.statistics)?;
+    let mut profiler = Profiler::new(model, &opts.session, opts.only.as_ref(), &opts.statistics, opts.form)?;
     let mut stream = TokenStream::open(data, enc, profiler.inputs.clone(), opts.stream)?;
     let mut acc: Vec<Accumulator> =
         profiler.sites.iter().map(|s| Accumulator::new(s.neurons, &profiler.statistics)).collect();

@@ -1,31 +1,37 @@
-//! In-graph reductions of one site's rows `[rows, neurons]` to per-neuron sums.
+//! In-graph reductions of one site's activation (neuron axis last) to per-neuron sums.
 //!
 //! In: the rows, how they count ([`Weights`]: the real-token mask, or every row) and
 //! the [`Statistic`]s wanted. Out: a `[k, neurons]` FLOAT tensor, one row per
 //! statistic in [`Statistic::ALL`] order: Σx, Σ|x|, Σx², #(x>0), max|x|.
 //!
-//! Built for ONNX Runtime's CPU provider, where each op is a memory-bound pass over the
-//! activation, so the cost is the number and kind of passes (costs measured on one
-//! thread, in BENCHMARKS.md, profiling section):
-//! - token sums are one `MatMul` of the `[1, rows]` mask with the rows, a GEMV that
-//!   reads them once and does the masking (twice as fast as `ReduceSum` on one thread,
-//!   more on two, and no masked copy to write first);
-//! - one `Abs` serves Σ|x| and max|x|; the max needs padded rows zeroed (`Mul` by the
-//!   `[rows, 1]` mask; |x| ≥ 0, so a zero never raises it);
-//! - #(x>0) casts the comparison to UINT8 and counts with `MatMulInteger`: the BOOL to
-//!   FLOAT cast took 2.3x as long as the comparison, the UINT8 cast a quarter of that.
-//!   CPU only: the CUDA provider has `MatMulInteger` for INT8 alone, and on a GPU the
-//!   FLOAT cast is cheap;
-//! - `ReduceL1`, `ReduceSumSquare`, `Sign`, `Einsum`, `Where` and `Pow` with a tensor
-//!   exponent were each several times slower than the forms used here.
+//! Two forms, the same numbers (tests/profile_stats.rs checks both against statistics
+//! computed directly from the activations):
+//! - **CPU**: one node of neft's own operator, [`NeuronStats`](crate::runtime::neuron_stats),
+//!   which reads the activation once and skips padded rows;
+//! - **standard ops**, for the CUDA provider (the operator runs on the host, and a GPU
+//!   does these passes cheaply). Each op is a memory-bound pass over the activation, so
+//!   the form minimizes passes (costs measured on one CPU thread):
+//!   - token sums are one `MatMul` of the `[1, rows]` mask with the rows, a GEMV that
+//!     reads them once and does the masking (twice as fast as `ReduceSum`, and no
+//!     masked copy to write first);
+//!   - one `Abs` serves Σ|x| and max|x|; the max needs padded rows zeroed (`Mul` by the
+//!     `[rows, 1]` mask; |x| ≥ 0, so a zero never raises it);
+//!   - #(x>0) casts the comparison to FLOAT and sums it like the rest (the CUDA
+//!     provider has `MatMulInteger` for INT8 alone); run on a CPU, the form casts to
+//!     UINT8 and counts with `MatMulInteger`, in half the time;
+//!   - `ReduceL1`, `ReduceSumSquare`, `Sign`, `Einsum`, `Where` and `Pow` with a tensor
+//!     exponent were each several times slower than the forms used here.
 
 use super::file::Statistic;
 use crate::ir::{attr, Graph, IrError};
+use crate::onnx::proto::NodeProto;
 use crate::onnx::DataType;
-use crate::runtime::Ep;
+use crate::runtime::{neuron_stats, Ep};
 
 /// The real-token mask in the forms the reductions read.
 pub struct TokenMask {
+    /// `[batch, seq]` FLOAT as fed: the mask of the fused operator.
+    fed: String,
     /// `[1, rows]` FLOAT: the left operand of the token sums.
     row: String,
     /// `[1, rows]` UINT8: the left operand of the positive count.
@@ -45,16 +51,36 @@ pub enum Weights<'a> {
 /// Emits reductions over axis 0 in the form the model's opset takes (axes as an input
 /// from opset 18, and for ReduceSum from 13; as an attribute before).
 pub struct Reducer {
+    form: Form,
     opset: i64,
     axes: String,
     /// Count positives with `MatMulInteger` (opset 10 on, CPU).
     integer_counts: bool,
 }
 
+/// Which ops the reductions are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// One [`neuron_stats`] node per site.
+    Fused,
+    /// Default-domain ops only.
+    Standard,
+}
+
+impl Form {
+    /// The faster form on `ep`.
+    pub fn for_ep(ep: Ep) -> Form {
+        match ep {
+            Ep::Cpu => Form::Fused,
+            Ep::Cuda { .. } => Form::Standard,
+        }
+    }
+}
+
 impl Reducer {
-    pub fn new(g: &mut Graph, opset: i64, ep: Ep) -> Reducer {
+    pub fn new(g: &mut Graph, opset: i64, ep: Ep, form: Form) -> Reducer {
         let integer_counts = opset >= 10 && ep == Ep::Cpu;
-        Reducer { opset, axes: g.const_i64s("axis0", &[0]), integer_counts }
+        Reducer { form, opset, axes: g.const_i64s("axis0", &[0]), integer_counts }
     }
 
     /// The mask input `[batch, seq]` (FLOAT) reshaped for [`Weights::Tokens`].
@@ -63,10 +89,13 @@ impl Reducer {
         let row = g.add1("Reshape", &[mask, &row_shape], vec![], "token_mask_row")?;
         let row_u8 = cast(g, &row, DataType::Uint8, "token_mask_row_u8")?;
         let column = g.add1("Reshape", &[mask, &column_shape], vec![], "token_mask_column")?;
-        Ok(TokenMask { row, row_u8, column })
+        Ok(TokenMask { fed: mask.to_string(), row, row_u8, column })
     }
 
     /// `[k, n]`: the wanted rows of Σx, Σ|x|, Σx², #(x>0), max|x| of `x` `[rows, n]`.
+    /// `after`: the previous site's output; the fused node reads it (and ignores it), which
+    /// makes ONNX Runtime run each reduction right after its activation is made
+    /// (see [`neuron_stats`]).
     pub fn stats(
         &self,
         g: &mut Graph,
@@ -74,7 +103,11 @@ impl Reducer {
         w: &Weights,
         site: &str,
         wanted: &[Statistic],
+        after: Option<&str>,
     ) -> Result<String, IrError> {
+        if self.form == Form::Fused {
+            return fused(g, x, w, site, wanted, after);
+        }
         let mut abs = None;
         let mut rows = vec![];
         for stat in wanted {
@@ -147,6 +180,42 @@ impl Reducer {
     }
 }
 
+/// One [`neuron_stats`] node computing every wanted statistic.
+fn fused(
+    g: &mut Graph,
+    x: &str,
+    w: &Weights,
+    site: &str,
+    wanted: &[Statistic],
+    after: Option<&str>,
+) -> Result<String, IrError> {
+    let index = |s: &Statistic| Statistic::ALL.iter().position(|a| a == s).expect("a statistic") as i64;
+    let stats: Vec<i64> = wanted.iter().map(index).collect();
+    let mask = match w {
+        Weights::Tokens(m) => m.fed.as_str(),
+        Weights::Every => "",
+    };
+    let mut inputs = vec![x, mask];
+    if let Some(a) = after {
+        inputs.push(a);
+    }
+    while inputs.last() == Some(&"") {
+        inputs.pop();
+    }
+    let out = g.fresh_name(&format!("{site}.stats"));
+    let name = g.fresh_name(&format!("{site}.{}", neuron_stats::OP));
+    g.add_op(NodeProto {
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.clone()],
+        name: Some(name),
+        op_type: Some(neuron_stats::OP.into()),
+        domain: Some(neuron_stats::DOMAIN.into()),
+        attribute: vec![attr::ints("stats", &stats)],
+        ..Default::default()
+    })?;
+    Ok(out)
+}
+
 fn cast(g: &mut Graph, x: &str, to: DataType, hint: &str) -> Result<String, IrError> {
     g.add1("Cast", &[x], vec![attr::int("to", to as i64)], hint)
 }
@@ -155,17 +224,35 @@ fn cast(g: &mut Graph, x: &str, to: DataType, hint: &str) -> Result<String, IrEr
 mod tests {
     use super::*;
     use crate::onnx::make::value_info;
-    use crate::onnx::proto::{GraphProto, NodeProto};
+    use crate::onnx::proto::GraphProto;
 
-    /// The ops that reduce one token site to all five statistics.
-    fn ops_for(ep: Ep) -> Vec<NodeProto> {
+    /// The ops that reduce one token site to `wanted`, after dead ops are removed.
+    fn ops_in(ep: Ep, form: Form, wanted: &[Statistic]) -> Vec<NodeProto> {
         let mut g = Graph::from_proto(&GraphProto::default()).unwrap();
         g.add_input(value_info("x", DataType::Float, &["rows".into(), 8.into()])).unwrap();
         g.add_input(value_info("mask", DataType::Float, &["batch".into(), "seq".into()])).unwrap();
-        let r = Reducer::new(&mut g, 18, ep);
+        let r = Reducer::new(&mut g, 18, ep, form);
         let mask = r.token_mask(&mut g, "mask").unwrap();
-        r.stats(&mut g, "x", &Weights::Tokens(&mask), "site", &Statistic::ALL).unwrap();
+        let out = r.stats(&mut g, "x", &Weights::Tokens(&mask), "site", wanted, None).unwrap();
+        g.set_outputs(vec![crate::onnx::make::value_info_unshaped(&out, DataType::Float)]).unwrap();
+        g.eliminate_dead();
         g.op_indices().filter_map(|n| g.op(n).cloned()).collect()
+    }
+
+    fn ops_for(ep: Ep) -> Vec<NodeProto> {
+        ops_in(ep, Form::Standard, &Statistic::ALL)
+    }
+
+    #[test]
+    fn the_fused_form_is_one_node_of_neft_s_operator_fed_the_mask_as_given() {
+        let ops = ops_in(Ep::Cpu, Form::Fused, &[Statistic::MeanAbs, Statistic::MaxAbs]);
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        let op = &ops[0];
+        assert_eq!((op.domain(), op.op_type()), (neuron_stats::DOMAIN, neuron_stats::OP));
+        assert_eq!(op.input, ["x", "mask"]);
+        assert_eq!(op.attribute[0].ints, [1, 4]);
+        assert_eq!(Form::for_ep(Ep::Cpu), Form::Fused);
+        assert_eq!(Form::for_ep(Ep::Cuda { device: 0 }), Form::Standard);
     }
 
     fn count(ops: &[NodeProto], op: &str) -> usize {

@@ -285,6 +285,9 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
     let env = environment()?;
     let session_err = |why: String| RuntimeError::Session { model: label.into(), why };
     let mut b = ort::session::Session::builder(env).map_err(|e| session_err(e.to_string()))?;
+    // neft's own operator (used only by graphs neft instruments for profiling).
+    let ops = super::neuron_stats::domain().map_err(|e| session_err(e.to_string()))?;
+    b = b.with_operators(ops).map_err(|e| session_err(e.to_string()))?;
     if let Some(n) = opts.threads {
         b = b.with_intra_threads(n).map_err(|e| session_err(e.to_string()))?;
     }

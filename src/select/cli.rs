@@ -127,8 +127,14 @@ fn choose(
             let only = Some(super::activation_sites(model, &opts.targets, unit)?);
             // Only the statistic the selection reads: each one costs passes over every activation.
             let statistics = vec![args.statistic];
-            let popts =
-                ProfileOptions { stream: d.stream, session: d.session.clone(), progress: true, only, statistics };
+            let popts = ProfileOptions {
+                stream: d.stream,
+                session: d.session.clone(),
+                progress: true,
+                only,
+                statistics,
+                form: None,
+            };
             Some(crate::profile::profile(model, &d.path, d.encoder, &popts)?)
         }
         _ => None,
