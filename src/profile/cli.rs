@@ -61,8 +61,9 @@ pub struct ProfileArgs {
     /// names and roles (each layer profiled costs time).
     #[arg(long, default_value = "all")]
     pub targets: crate::select::Targets,
-    /// The statistics to compute, comma-separated (each costs passes over every
-    /// activation; `neft select --strategy activation` reads one).
+    /// The statistics to compute, comma-separated (on the CPU all come from one read of
+    /// each activation; on CUDA each costs passes over it; `neft select --strategy
+    /// activation` reads one).
     #[arg(long, value_delimiter = ',', default_value = "mean,mean-abs,mean-sq,frac-pos,max-abs")]
     pub statistics: Vec<super::Statistic>,
     /// Where to write the statistics (safetensors).

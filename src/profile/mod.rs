@@ -49,7 +49,7 @@ pub struct ProfileOptions {
     /// output, [`input_site`] for its input units): selection reads only the sites of
     /// the layers it targets, and every site costs time.
     pub only: Option<BTreeSet<String>>,
-    /// The statistics to compute (each costs passes over every activation).
+    /// The statistics to compute (on CUDA each costs passes over every activation).
     pub statistics: Vec<Statistic>,
     /// The ops the reductions are made of; `None`: the faster form for the provider.
     pub form: Option<Form>,

@@ -125,7 +125,7 @@ fn choose(
         (Some(p), _) => Some(p),
         (None, Some(d)) if opts.needs_profile() => {
             let only = Some(super::activation_sites(model, &opts.targets, unit)?);
-            // Only the statistic the selection reads: each one costs passes over every activation.
+            // Only the statistic the selection reads: on CUDA each costs passes over every activation.
             let statistics = vec![args.statistic];
             let popts = ProfileOptions {
                 stream: d.stream,
