@@ -8,7 +8,10 @@
 #      with ONNX Runtime's default arena growth and again with NEFT_CUDA_ARENA=same-as-requested;
 #   4. neft profile on CUDA vs CPU (tiny Llama, every layer, all statistics): largest difference;
 #   5. if Nsight Systems (nsys) is installed: a trace of 10 split-6% steps (GPU kernel times,
-#      unlike ONNX Runtime's profile, which charges a node with any wait it hits).
+#      unlike ONNX Runtime's profile, which charges a node with any wait it hits);
+#   6. which nodes of the split-6% training step ONNX Runtime places on the CPU, and the
+#      copies it adds between host and device (a copy waits for the GPU: a suspect for
+#      the per-step stall in BENCHMARKS.md).
 set -euo pipefail
 : "${ORTDIR:?}" "${NEFT:?}" "${WORK:=/tmp/neftgpu}"
 export ORT_DYLIB_PATH=$ORTDIR/libonnxruntime.so.1.31.1
@@ -136,3 +139,10 @@ if command -v nsys > /dev/null; then
     $NEFT train art_trace --data smol.jsonl --steps 10 --batch 8 --seq-len 256 --ep cuda --checkpoint-every 1000 > /dev/null
   nsys stats --report cuda_gpu_kern_sum,cuda_api_sum --format csv trace.nsys-rep | head -60
 fi
+
+echo "== 6. node placement of the split-6% training step"
+rm -rf art_place
+$NEFT compile smol/model.onnx -o art_place --neurons units6.json --unit mlp-unit > /dev/null
+NEFT_ORT_LOG=verbose $NEFT train art_place --data smol.jsonl --steps 2 --batch 8 --seq-len 256 --ep cuda \
+  --checkpoint-every 1000 > /dev/null 2> place.log || true
+grep -E "placed on|Memcpy|not assigned" place.log | head -40

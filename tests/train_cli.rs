@@ -261,3 +261,25 @@ fn text_and_prompt_completion_lines_train_through_a_tokenizer_json() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("pc.jsonl"), "{}", stderr(&bad));
 }
+
+#[test]
+fn neft_ort_log_prints_the_runtime_s_node_placements_and_a_bad_level_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    data(dir);
+    compile_llama(dir, "art", &some_neurons(), &[]);
+    let run = |level: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_neft"))
+            .args(["train", "art", "--data", "train.jsonl", "--batch", "4", "--threads", "1", "--steps", "1"])
+            .env("NEFT_ORT_LOG", level)
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let verbose = run("verbose");
+    assert!(verbose.status.success(), "{}", stderr(&verbose));
+    assert!(stderr(&verbose).contains("All nodes placed on [CPUExecutionProvider]"), "{}", stderr(&verbose));
+    let bad = run("loud");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("NEFT_ORT_LOG=loud: use verbose, info, warning or error"), "{}", stderr(&bad));
+}

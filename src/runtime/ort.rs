@@ -25,6 +25,9 @@ pub enum RuntimeError {
     Run { model: String, why: String },
     #[error("{model}: {why}")]
     Value { model: String, why: String },
+    /// A bad value of one of neft's environment variables.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// Which execution provider runs a session.
@@ -296,6 +299,13 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
     if let Some(prefix) = std::env::var_os("NEFT_ORT_PROFILE") {
         b = b.with_profiling(prefix).map_err(|e| session_err(e.to_string()))?;
     }
+    // NEFT_ORT_LOG=verbose|info|warning|error: ONNX Runtime's own log on stderr (at
+    // verbose it lists which provider runs each node, and the copies between them).
+    if let Ok(level) = std::env::var("NEFT_ORT_LOG") {
+        b = b
+            .with_log_level(log_level(&level).map_err(RuntimeError::Setting)?)
+            .map_err(|e| session_err(e.to_string()))?;
+    }
     if let Ep::Cuda { device } = opts.ep {
         let cuda = cuda_options(ort::ep::CUDA::default().with_device_id(device))
             .map_err(|why| RuntimeError::Cuda { why, hint: String::new() })?
@@ -306,6 +316,17 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
             .map_err(|e| RuntimeError::Cuda { why: e.to_string(), hint: cuda_hint() })?;
     }
     Ok(b)
+}
+
+fn log_level(name: &str) -> Result<ort::logging::LogLevel, String> {
+    use ort::logging::LogLevel;
+    Ok(match name {
+        "verbose" => LogLevel::Verbose,
+        "info" => LogLevel::Info,
+        "warning" => LogLevel::Warning,
+        "error" => LogLevel::Error,
+        other => return Err(format!("NEFT_ORT_LOG={other}: use verbose, info, warning or error")),
+    })
 }
 
 /// CUDA provider settings for diagnosing GPU performance, from the environment:
