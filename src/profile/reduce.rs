@@ -106,7 +106,11 @@ impl Reducer {
         after: Option<&str>,
     ) -> Result<String, IrError> {
         if self.form == Form::Fused {
-            return fused(g, x, w, site, wanted, after);
+            let mask = match w {
+                Weights::Tokens(m) => m.fed.as_str(),
+                Weights::Every => "",
+            };
+            return fused(g, &[x, mask, after.unwrap_or("")], site, wanted);
         }
         let mut abs = None;
         let mut rows = vec![];
@@ -180,25 +184,12 @@ impl Reducer {
     }
 }
 
-/// One [`neuron_stats`] node computing every wanted statistic.
-fn fused(
-    g: &mut Graph,
-    x: &str,
-    w: &Weights,
-    site: &str,
-    wanted: &[Statistic],
-    after: Option<&str>,
-) -> Result<String, IrError> {
+/// One [`neuron_stats`] node computing every wanted statistic; `inputs` are x, mask and
+/// after, "" where absent.
+fn fused(g: &mut Graph, inputs: &[&str], site: &str, wanted: &[Statistic]) -> Result<String, IrError> {
     let index = |s: &Statistic| Statistic::ALL.iter().position(|a| a == s).expect("a statistic") as i64;
     let stats: Vec<i64> = wanted.iter().map(index).collect();
-    let mask = match w {
-        Weights::Tokens(m) => m.fed.as_str(),
-        Weights::Every => "",
-    };
-    let mut inputs = vec![x, mask];
-    if let Some(a) = after {
-        inputs.push(a);
-    }
+    let mut inputs = inputs.to_vec();
     while inputs.last() == Some(&"") {
         inputs.pop();
     }
