@@ -268,37 +268,56 @@ fn bad_data_and_models_that_do_not_take_tokens_get_clear_errors() {
     assert!(!dir.path().join("profile.safetensors").exists());
 }
 
+/// For each wanted output, how many of the other wanted outputs it depends on.
+fn outputs_upstream(proto: &onnx::proto::GraphProto, wanted: &[String]) -> Vec<usize> {
+    use std::collections::{HashMap, HashSet};
+    let producer: HashMap<&str, &onnx::proto::NodeProto> =
+        proto.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
+    wanted
+        .iter()
+        .map(|w| {
+            let (mut seen, mut todo) = (HashSet::new(), vec![w.as_str()]);
+            while let Some(t) = todo.pop() {
+                if let Some(n) = producer.get(t) {
+                    todo.extend(n.input.iter().map(String::as_str).filter(|i| seen.insert(*i)));
+                }
+            }
+            wanted.iter().filter(|o| *o != w && seen.contains(o.as_str())).count()
+        })
+        .collect()
+}
+
 #[test]
-fn fused_reductions_form_one_chain_in_forward_order_so_each_runs_after_its_activation() {
+fn each_form_chains_the_site_outputs_in_forward_order_so_each_reduction_runs_after_its_activation() {
     use neft::runtime::neuron_stats::{DOMAIN, OP};
     let dir = tempfile::tempdir().unwrap();
     let model = onnx::load(small_llama(&dir.path().join("m"))).unwrap();
     let graph = Graph::from_proto(model.graph()).unwrap();
     let sites = find_sites(&graph, &neft::analyze::find_layers(&graph), None);
-    let ep = neft::runtime::Ep::Cpu;
-    let (g, outs) = neft::profile::instrument(&graph, &sites, 18, &Statistic::ALL, ep, Form::Fused).unwrap();
-    let proto = g.to_proto();
-    let fused: Vec<_> = proto.node.iter().filter(|n| n.op_type() == OP && n.domain() == DOMAIN).collect();
-    assert_eq!(fused.len(), sites.len());
     // Where each site's tensor is made in the source graph.
     let made_at = |tensor: &str| model.graph().node.iter().position(|n| n.output.iter().any(|o| o == tensor)).unwrap();
-    let site_of = |out: &str| outs.iter().position(|o| o.stats == out).unwrap();
-    // Walk the chain back from its end: every site once, each made before the next.
-    let by_output = |out: &str| fused.iter().find(|n| n.output[0] == out).copied();
-    let last = fused.iter().find(|n| !fused.iter().any(|m| m.input.get(2) == Some(&n.output[0]))).unwrap();
-    let mut chain = vec![site_of(&last.output[0])];
-    let mut node = *last;
-    while let Some(prev) = node.input.get(2).and_then(|p| by_output(p)) {
-        chain.push(site_of(&prev.output[0]));
-        node = prev;
-    }
-    chain.reverse();
-    assert_eq!(chain.len(), sites.len(), "one chain through every site");
-    let made: Vec<usize> = chain.iter().map(|&k| made_at(&sites[k].tensor)).collect();
-    assert!(made.windows(2).all(|w| w[0] <= w[1]), "chain follows the forward pass: {made:?}");
-    // Each node reads its site's tensor itself (no reshape in between) and the token mask.
-    for (k, site) in sites.iter().enumerate() {
-        let n = by_output(&outs[k].stats).unwrap();
-        assert_eq!(n.input[..2], [site.tensor.clone(), neft::profile::MASK_INPUT.to_string()]);
+    let ep = neft::runtime::Ep::Cpu;
+    for form in [Form::Fused, Form::Standard] {
+        let (g, outs) = neft::profile::instrument(&graph, &sites, 18, &Statistic::ALL, ep, form).unwrap();
+        let proto = g.to_proto();
+        let stats: Vec<String> = outs.iter().map(|o| o.stats.clone()).collect();
+        // A chain: the k-th site of the chain depends on exactly the k before it.
+        let upstream = outputs_upstream(&proto, &stats);
+        let mut chain: Vec<usize> = (0..sites.len()).collect();
+        chain.sort_by_key(|&k| upstream[k]);
+        assert!(chain.iter().enumerate().all(|(pos, &k)| upstream[k] == pos), "{form:?}: not one chain: {upstream:?}");
+        let made: Vec<usize> = chain.iter().map(|&k| made_at(&sites[k].tensor)).collect();
+        assert!(made.windows(2).all(|w| w[0] <= w[1]), "{form:?}: chain out of forward order: {made:?}");
+        let fused: Vec<_> = proto.node.iter().filter(|n| n.op_type() == OP && n.domain() == DOMAIN).collect();
+        if form == Form::Fused {
+            // One node a site, reading the site's tensor itself (no reshape) and the token mask.
+            assert_eq!(fused.len(), sites.len());
+            for (site, out) in sites.iter().zip(&stats) {
+                let n = fused.iter().find(|n| &n.output[0] == out).unwrap();
+                assert_eq!(n.input[..2], [site.tensor.clone(), neft::profile::MASK_INPUT.to_string()]);
+            }
+        } else {
+            assert!(fused.is_empty() && proto.node.iter().all(|n| n.domain().is_empty()), "standard ops only");
+        }
     }
 }

@@ -55,17 +55,23 @@ pub fn instrument(
     let mut outputs = vec![value_info(&tokens, DataType::Float, &[])];
     let r = Reducer::new(&mut g, opset, ep, form);
     let mask = r.token_mask(&mut g, MASK_INPUT)?;
-    // Every site's rows first, then the reductions: the chain of fused nodes must come
-    // after every op that feeds it (see `neuron_stats` on ordering).
+    // Every op that reads an activation first, then the chain that links the sites'
+    // outputs in forward order: the chain must come after every op that feeds it (see
+    // `Reducer::finish`).
     let flatten = form == Form::Standard;
-    let rows: Vec<String> = sites.iter().map(|s| site_rows(&mut g, s, graph, flatten)).collect::<Result<_, _>>()?;
+    let mut started = vec![];
+    for site in sites {
+        let rows = site_rows(&mut g, site, graph, flatten)?;
+        let weights = if site.tokens { Weights::Tokens(&mask) } else { Weights::Every };
+        let count = if site.tokens { None } else { Some(row_count(&mut g, &rows, site)?) };
+        started.push(Some((r.start(&mut g, &rows, &weights, stats)?, count)));
+    }
     let mut found: Vec<Option<SiteOutputs>> = vec![None; sites.len()];
     let mut previous: Option<String> = None;
     for k in forward_order(graph, sites) {
-        let (site, rows) = (&sites[k], &rows[k]);
-        let weights = if site.tokens { Weights::Tokens(&mask) } else { Weights::Every };
-        let out = r.stats(&mut g, rows, &weights, &site.name, stats, previous.as_deref())?;
-        let count = if site.tokens { None } else { Some(row_count(&mut g, rows, site)?) };
+        let (partial, count) = started[k].take().expect("each site once");
+        let site = &sites[k];
+        let out = r.finish(&mut g, partial, &site.name, site.neurons, stats, previous.as_deref())?;
         found[k] = Some(SiteOutputs { stats: out.clone(), rows: count });
         previous = Some(out);
     }

@@ -58,6 +58,18 @@ pub struct Reducer {
     integer_counts: bool,
 }
 
+/// A site's reduction between [`Reducer::start`] and [`Reducer::finish`].
+pub enum Partial {
+    Fused {
+        x: String,
+        mask: String,
+    },
+    /// The `[1, n]` rows, one per wanted statistic.
+    Standard {
+        rows: Vec<String>,
+    },
+}
+
 /// Which ops the reductions are made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Form {
@@ -92,25 +104,17 @@ impl Reducer {
         Ok(TokenMask { fed: mask.to_string(), row, row_u8, column })
     }
 
-    /// `[k, n]`: the wanted rows of Σx, Σ|x|, Σx², #(x>0), max|x| of `x` `[rows, n]`.
-    /// `after`: the previous site's output; the fused node reads it (and ignores it), which
-    /// makes ONNX Runtime run each reduction right after its activation is made
-    /// (see [`neuron_stats`]).
-    pub fn stats(
-        &self,
-        g: &mut Graph,
-        x: &str,
-        w: &Weights,
-        site: &str,
-        wanted: &[Statistic],
-        after: Option<&str>,
-    ) -> Result<String, IrError> {
+    /// The first half of a site's reduction: in the standard form, every op that reads
+    /// the activation `x` (neuron axis last; `[rows, n]` for this form), one `[1, n]`
+    /// row per wanted statistic of Σx, Σ|x|, Σx², #(x>0), max|x|; in the fused form,
+    /// nothing yet.
+    pub fn start(&self, g: &mut Graph, x: &str, w: &Weights, wanted: &[Statistic]) -> Result<Partial, IrError> {
         if self.form == Form::Fused {
             let mask = match w {
-                Weights::Tokens(m) => m.fed.as_str(),
-                Weights::Every => "",
+                Weights::Tokens(m) => m.fed.clone(),
+                Weights::Every => String::new(),
             };
-            return fused(g, &[x, mask, after.unwrap_or("")], site, wanted);
+            return Ok(Partial::Fused { x: x.to_string(), mask });
         }
         let mut abs = None;
         let mut rows = vec![];
@@ -136,8 +140,48 @@ impl Reducer {
             };
             rows.push(row);
         }
-        let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
-        g.add1("Concat", &refs, vec![attr::int("axis", 0)], &format!("{site}.stats"))
+        Ok(Partial::Standard { rows })
+    }
+
+    /// The second half: the site's `[k, n]` output. `after` is the previous site's
+    /// output, which this one reads without changing a value (the fused node ignores
+    /// it; the standard form concatenates zero rows of it), so that the sites form one
+    /// chain in forward order.
+    ///
+    /// Why: ONNX Runtime orders a graph by a depth-first walk up from its last node
+    /// without consumers, taking the input made last first. With unlinked reductions
+    /// that walk ran the whole forward pass first and every reduction at the end, so
+    /// every activation stayed alive (and went cold in cache) until then. Made after
+    /// every site's [`start`](Self::start), the chain's links are the inputs made last,
+    /// and the walk runs each reduction right after its activation.
+    pub fn finish(
+        &self,
+        g: &mut Graph,
+        partial: Partial,
+        site: &str,
+        neurons: usize,
+        wanted: &[Statistic],
+        after: Option<&str>,
+    ) -> Result<String, IrError> {
+        match partial {
+            Partial::Fused { x, mask } => fused(g, &[&x, &mask, after.unwrap_or("")], site, wanted),
+            Partial::Standard { mut rows } => {
+                if let Some(a) = after.filter(|_| self.opset >= 10) {
+                    rows.push(self.no_rows_of(g, a, neurons)?);
+                }
+                let refs: Vec<&str> = rows.iter().map(String::as_str).collect();
+                g.add1("Concat", &refs, vec![attr::int("axis", 0)], &format!("{site}.stats"))
+            }
+        }
+    }
+
+    /// `[0, n]`: none of the rows of `a` (`[k, m]`), for a data dependency that adds no
+    /// value (a `0` in a Reshape shape copies the input's dimension, here 0).
+    fn no_rows_of(&self, g: &mut Graph, a: &str, n: usize) -> Result<String, IrError> {
+        let (zero, axis) = (g.const_i64s("zero", &[0]), g.const_i64s("axis0", &[0]));
+        let none = g.add1("Slice", &[a, &zero, &zero, &axis], vec![], "no_rows")?;
+        let shape = g.const_i64s("no_rows_shape", &[0, n as i64]);
+        g.add1("Reshape", &[&none, &shape], vec![], "no_rows")
     }
 
     /// `[1, n]`: the weighted sum of `y`'s rows.
@@ -224,7 +268,8 @@ mod tests {
         g.add_input(value_info("mask", DataType::Float, &["batch".into(), "seq".into()])).unwrap();
         let r = Reducer::new(&mut g, 18, ep, form);
         let mask = r.token_mask(&mut g, "mask").unwrap();
-        let out = r.stats(&mut g, "x", &Weights::Tokens(&mask), "site", wanted, None).unwrap();
+        let partial = r.start(&mut g, "x", &Weights::Tokens(&mask), wanted).unwrap();
+        let out = r.finish(&mut g, partial, "site", 8, wanted, None).unwrap();
         g.set_outputs(vec![crate::onnx::make::value_info_unshaped(&out, DataType::Float)]).unwrap();
         g.eliminate_dead();
         g.op_indices().filter_map(|n| g.op(n).cloned()).collect()

@@ -8,11 +8,8 @@
 //! FLOAT `[k, neurons]`, one row per wanted statistic. max|x| is 0 where no row counts.
 //!
 //! `after` orders the nodes: the instrumented graph feeds each node the previous site's
-//! statistics, so the nodes form one chain in forward order. ONNX Runtime orders a
-//! graph by a depth-first walk up from its last node without consumers; with separate
-//! nodes that walk made the whole forward pass first and left every activation alive
-//! for reductions at the end (cold in cache, and all in memory at once). Up the chain,
-//! each reduction runs right after its activation is made.
+//! statistics, so the nodes form one chain in forward order (why: see
+//! `profile::reduce::Reducer::finish`).
 //!
 //! Why: in standard ops each statistic is its own memory-bound pass over the activation
 //! (and `Abs`, `Mul`, `Greater`, `Cast` each write a full copy first), which made a
