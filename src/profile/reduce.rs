@@ -178,8 +178,9 @@ impl Reducer {
     /// `[0, n]`: none of the rows of `a` (`[k, m]`), for a data dependency that adds no
     /// value (a `0` in a Reshape shape copies the input's dimension, here 0).
     fn no_rows_of(&self, g: &mut Graph, a: &str, n: usize) -> Result<String, IrError> {
-        let (zero, axis) = (g.const_i64s("zero", &[0]), g.const_i64s("axis0", &[0]));
-        let none = g.add1("Slice", &[a, &zero, &zero, &axis], vec![], "no_rows")?;
+        // `axes` is `[0]`: start 0, end 0, along axis 0.
+        let zero = self.axes.as_str();
+        let none = g.add1("Slice", &[a, zero, zero, zero], vec![], "no_rows")?;
         let shape = g.const_i64s("no_rows_shape", &[0, n as i64]);
         g.add1("Reshape", &[&none, &shape], vec![], "no_rows")
     }
