@@ -128,7 +128,7 @@ fn tract_infers_symbolic_shapes_of_a_pytorch_llama() {
 
 #[test]
 fn cuda_on_a_machine_without_it_fails_loudly_and_says_what_is_missing() {
-    let opts = SessionOptions { ep: Ep::Cuda { device: 0 }, threads: Some(1) };
+    let opts = SessionOptions { ep: Ep::Cuda { device: 0 }, threads: Some(1), ..Default::default() };
     match Session::from_file(&repo("models/fixtures/mlp_loss.onnx"), &opts) {
         Err(RuntimeError::Cuda { hint, .. }) => {
             assert!(hint.contains("libonnxruntime_providers_cuda.so"), "{hint}");

@@ -67,7 +67,7 @@ pub fn synthetic_inputs(model: &Model, dim: usize) -> Result<Vec<(String, HostTe
 pub fn check_runtime(model: &Model, ep: Ep) -> anyhow::Result<RuntimeCheck> {
     let inputs = synthetic_inputs(model, 1).map_err(|e| anyhow::anyhow!("{}: {e}", model.display_path()))?;
     let t0 = Instant::now();
-    let mut session = Session::from_file(&model.path, &SessionOptions { ep, threads: None })?;
+    let mut session = Session::from_file(&model.path, &SessionOptions { ep, ..Default::default() })?;
     let session_ms = t0.elapsed().as_secs_f64() * 1e3;
     let feed: Vec<(&str, HostTensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     let t1 = Instant::now();

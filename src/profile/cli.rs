@@ -41,7 +41,7 @@ impl DataArgs {
     }
 
     pub fn session(&self) -> SessionOptions {
-        SessionOptions { ep: self.ep, threads: self.threads }
+        SessionOptions { ep: self.ep, threads: self.threads, ..Default::default() }
     }
 
     /// The tokenizer, if one was given.

@@ -104,7 +104,8 @@ impl Profiler {
                 version: Some(crate::runtime::neuron_stats::DOMAIN_VERSION),
             });
         }
-        let session = open_derived(model, &proto, &format!("{label} (instrumented)"), session)?;
+        let opts = SessionOptions { neft_ops: form == Form::Fused, ..session.clone() };
+        let session = open_derived(model, &proto, &format!("{label} (instrumented)"), &opts)?;
         Ok(Profiler { sites, statistics, outputs, inputs, session })
     }
 

@@ -4,12 +4,20 @@
 //! `.ci/setup` fills (`.cache/ort/libonnxruntime.so.*`). The CUDA execution provider
 //! is registered with `error_on_failure`: a machine without a working CUDA setup
 //! gets an error naming what is missing, never a silent fall-back to the CPU.
+//!
+//! Process-wide state is made once, under [`environment`]'s `OnceLock`: the loaded
+//! library, ONNX Runtime's environment, and the `ai.neft` operator domain. ONNX
+//! Runtime adds a custom domain to a process-global, unlocked version map the first
+//! time a session carrying it is created (a check, then an insert); two sessions
+//! created at once both inserted and one failed ("the domain is already exist"). So
+//! the domain is registered there once, by a throwaway session, before any other
+//! session can be created, and is shared by every session that uses the operator.
 
 use ndarray::{ArrayD, IxDyn};
 use ort::session::builder::SessionBuilder;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -107,28 +115,69 @@ fn version_key(p: &Path) -> Vec<u64> {
     name.trim_start_matches(LIB_PREFIX).split('.').map(|s| s.parse().unwrap_or(0)).collect()
 }
 
-static ENVIRONMENT: OnceLock<Result<(ort::environment::Environment, PathBuf), String>> = OnceLock::new();
+/// What the process shares with every session, made once.
+struct Runtime {
+    env: ort::environment::Environment,
+    library: PathBuf,
+    neft_ops: SharedDomain,
+}
 
-/// The process-wide ONNX Runtime environment, loading the library on first use.
-pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
-    let entry = ENVIRONMENT.get_or_init(|| {
+/// The `ai.neft` operator domain, one object for every session that uses it.
+struct SharedDomain(Arc<ort::operator::OperatorDomain>);
+
+// SAFETY: the domain is built once and never changed after; ONNX Runtime only reads
+// it (copying its kernels into each session's own registry) when a session is made.
+unsafe impl Send for SharedDomain {}
+unsafe impl Sync for SharedDomain {}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+fn runtime() -> Result<&'static Runtime, RuntimeError> {
+    let entry = RUNTIME.get_or_init(|| {
         let path = library_path().map_err(|e| e.to_string())?;
         let env = ort::init_from(&path)
             .map_err(|e| format!("ONNX Runtime library {} could not be loaded: {e}", path.display()))?
             .with_name("neft")
             .build()
             .map_err(|e| format!("ONNX Runtime library {} could not start: {e}", path.display()))?;
-        Ok((env, path))
+        let domain = super::neuron_stats::domain().map_err(|e| format!("the ai.neft operators: {e}"))?;
+        let runtime = Runtime { env, library: path, neft_ops: SharedDomain(Arc::new(domain)) };
+        register_neft_domain(&runtime).map_err(|e| format!("registering the ai.neft operators: {e}"))?;
+        Ok(runtime)
     });
-    match entry {
-        Ok((env, _)) => Ok(env),
-        Err(why) => Err(RuntimeError::LibraryLoad { path: "ONNX Runtime".into(), why: why.clone() }),
-    }
+    entry.as_ref().map_err(|why| RuntimeError::LibraryLoad { path: "ONNX Runtime".into(), why: why.clone() })
+}
+
+/// Makes (and drops) one session carrying the `ai.neft` domain, so that ONNX Runtime
+/// adds the domain to its global version map here, while no other session exists.
+fn register_neft_domain(runtime: &Runtime) -> Result<(), String> {
+    use crate::onnx::make::{model, node, value_info};
+    use crate::onnx::proto::{tensor_proto::DataType, GraphProto};
+    let graph = GraphProto {
+        name: Some("neft-domain-registration".into()),
+        node: vec![node("Identity", &["x"], &["y"], vec![])],
+        input: vec![value_info("x", DataType::Float, &[1.into()])],
+        output: vec![value_info("y", DataType::Float, &[1.into()])],
+        ..Default::default()
+    };
+    let bytes = prost::Message::encode_to_vec(&model(graph, 18));
+    let _session = ort::session::Session::builder(&runtime.env)
+        .map_err(|e| e.to_string())?
+        .with_operators(runtime.neft_ops.0.clone())
+        .map_err(|e| e.to_string())?
+        .commit_from_memory(&bytes)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The process-wide ONNX Runtime environment, loading the library on first use.
+pub fn environment() -> Result<&'static ort::environment::Environment, RuntimeError> {
+    runtime().map(|r| &r.env)
 }
 
 /// The library file in use (after [`environment`] succeeded).
 pub fn loaded_library() -> Option<&'static Path> {
-    ENVIRONMENT.get()?.as_ref().ok().map(|(_, p)| p.as_path())
+    RUNTIME.get()?.as_ref().ok().map(|r| r.library.as_path())
 }
 
 /// A host-side tensor passed to or returned from a session.
@@ -233,6 +282,9 @@ pub struct SessionOptions {
     pub ep: Ep,
     /// Intra-op threads; `None` lets ONNX Runtime choose.
     pub threads: Option<usize>,
+    /// Whether the model uses neft's own operators (`ai.neft`); only then does the
+    /// session carry them.
+    pub neft_ops: bool,
 }
 
 impl Session {
@@ -285,12 +337,12 @@ impl Session {
 }
 
 fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, RuntimeError> {
-    let env = environment()?;
+    let runtime = runtime()?;
     let session_err = |why: String| RuntimeError::Session { model: label.into(), why };
-    let mut b = ort::session::Session::builder(env).map_err(|e| session_err(e.to_string()))?;
-    // neft's own operator (used only by graphs neft instruments for profiling).
-    let ops = super::neuron_stats::domain().map_err(|e| session_err(e.to_string()))?;
-    b = b.with_operators(ops).map_err(|e| session_err(e.to_string()))?;
+    let mut b = ort::session::Session::builder(&runtime.env).map_err(|e| session_err(e.to_string()))?;
+    if opts.neft_ops {
+        b = b.with_operators(runtime.neft_ops.0.clone()).map_err(|e| session_err(e.to_string()))?;
+    }
     if let Some(n) = opts.threads {
         b = b.with_intra_threads(n).map_err(|e| session_err(e.to_string()))?;
     }

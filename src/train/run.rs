@@ -149,7 +149,7 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Summary> {
         Length::Steps(n) => n,
         Length::Epochs(e) => e * data.batches_per_epoch(settings.batch) as u64,
     };
-    let session = SessionOptions { ep: opts.ep, threads: opts.threads };
+    let session = SessionOptions { ep: opts.ep, threads: opts.threads, ..Default::default() };
     let trainer = DeviceTrainer::new(&opts.dir, plan, &state, &session)?;
     let pad = enc.map(|e| e.pad()).unwrap_or(0);
     let mut run = Run::new(opts, trainer, feeder, settings, &data, eval, resumed.as_ref(), total)?;
