@@ -264,6 +264,19 @@ fn cases() -> Vec<Case> {
         case("slice_step", "Slice", vec![var(&[6, 4]), ints(&[0]), ints(&[6]), ints(&[0]), ints(&[2])]),
         case("slice_reverse", "Slice", vec![var(&[5, 2]), ints(&[-1]), ints(&[-100]), ints(&[0]), ints(&[-1])]),
         case("slice_sym_axis", "Slice", vec![var(&[5, 3]).sym(0, "seq"), ints(&[1]), ints(&[4]), ints(&[0])]),
+        // symbolic dimensions: Pad amounts computed from Shape(X) at run time
+        case("slice_sym_neg_start", "Slice", vec![var(&[5, 4]).sym(0, "seq"), ints(&[-3]), ints(&[i64::MAX]), ints(&[0])]),
+        case(
+            "slice_sym_two_axes",
+            "Slice",
+            vec![var(&[4, 6]).sym(0, "a").sym(1, "b"), ints(&[1, 0]), ints(&[-1, 2]), ints(&[0, -1])],
+        ),
+        case("slice_sym_clamped", "Slice", vec![var(&[3, 5]).sym(1, "seq"), ints(&[-100]), ints(&[100]), ints(&[1])]),
+        case(
+            "slice_sym_step",
+            "Slice",
+            vec![var(&[6, 4]).sym(0, "n"), ints(&[0]), ints(&[6]), ints(&[0]), ints(&[2])],
+        ),
         case("expand", "Expand", vec![var(&[3, 1]), ints(&[2, 3, 4])]),
         case("pad", "Pad", vec![var(&[2, 3]), ints(&[1, 0, 0, 2])]),
         case("tile", "Tile", vec![var(&[2, 3]), ints(&[2, 3])]),
@@ -272,6 +285,10 @@ fn cases() -> Vec<Case> {
         case("gather_axis1", "Gather", vec![var(&[3, 5, 2]), ints(&[4, 1, 4, 0])]).attr(i("axis", 1)),
         case("gather_neg_axis", "Gather", vec![var(&[3, 4]).sym(0, "batch"), In::Ints(vec![2, 2], vec![3, 3, 0, 1])])
             .attr(i("axis", -1)),
+        // constant distinct indices: the gradient gathers back by position
+        case("gather_distinct_columns", "Gather", vec![var(&[3, 5, 2]), ints(&[4, 1, 0])]).attr(i("axis", 1)),
+        case("gather_permutation", "Gather", vec![var(&[2, 4]), ints(&[3, 0, 2, 1])]).attr(i("axis", -1)),
+        case("gather_distinct_sym", "Gather", vec![var(&[3, 5]).sym(0, "batch"), ints(&[-1, 2])]).attr(i("axis", 1)),
         case("gather_scalar_index", "Gather", vec![var(&[3, 4, 2]), int_scalar(2)]).attr(i("axis", 1)),
         case("gather_elements", "GatherElements", vec![var(&[3, 4]), In::Ints(vec![3, 2], vec![0, 0, 3, 1, 2, 2])])
             .attr(i("axis", 1)),

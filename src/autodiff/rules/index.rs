@@ -21,6 +21,9 @@ fn gather(c: &mut Ctx) -> R<Grads> {
     let axis = c.norm_axis(c.attr_int("axis", 0), rank);
     let g = c.dy_exact(0)?;
     Ok(vec![c.when(0, |c| {
+        if let Some(name) = gather_back_by_position(c, &g.name, &x, &idx, axis as usize)? {
+            return Ok(G { name, ..g.clone() });
+        }
         let zeros = c.zeros_like(&x)?;
         let name = if axis == 0 {
             let last = c.ints(&[-1])?;
@@ -53,6 +56,46 @@ fn gather(c: &mut Ctx) -> R<Grads> {
         };
         Ok(G { name, ..g.clone() })
     })?])
+}
+
+/// The gradient of a Gather by constant, distinct 1-D indices along an axis of known
+/// size n (a split layer's selected columns, or a permutation of them): every
+/// position p of X was picked at most once, so dX = Gather(Concat(dY, 0), J) with
+/// J[p] the position that picked p, or the appended zero slice. Two copies and an
+/// `[n]` index, where the scatter would need zeros, an index broadcast to dY's size
+/// and a scatter. `None` when the indices do not qualify.
+fn gather_back_by_position(c: &mut Ctx, g: &str, x: &str, idx: &str, axis: usize) -> R<Option<String>> {
+    let one_d = c.static_shape_of(idx).is_some_and(|s| s.len() == 1);
+    let (Some(ids), true) = (c.const_ints(idx), one_d) else { return Ok(None) };
+    let Some(n) = c.shape(x).and_then(|s| s.get(axis).and_then(crate::autodiff::facts::known)) else {
+        return Ok(None);
+    };
+    let mut from = vec![-1i64; n as usize];
+    for (pos, &v) in ids.iter().enumerate() {
+        let v = if v < 0 { v + n } else { v };
+        match from.get_mut(v.max(0) as usize) {
+            Some(slot) if (0..n).contains(&v) && *slot < 0 => *slot = pos as i64,
+            _ => return Ok(None),
+        }
+    }
+    let m = ids.len() as i64;
+    let a = axis as i64;
+    let source = if from.iter().all(|&p| p >= 0) {
+        g.to_string()
+    } else {
+        for p in from.iter_mut().filter(|p| **p < 0) {
+            *p = m;
+        }
+        let lead = c.op("Shape", &[g], vec![attr::int("start", 0), attr::int("end", a)])?;
+        let trail = c.op("Shape", &[g], vec![attr::int("start", a + 1)])?;
+        let one = c.ints(&[1])?;
+        let shape = c.op("Concat", &[&lead, &one, &trail], vec![attr::int("axis", 0)])?;
+        let dtype = c.dtype(x)?;
+        let zero = c.zeros(&shape, dtype)?;
+        c.op("Concat", &[g, &zero], vec![attr::int("axis", a)])?
+    };
+    let j = c.ints(&from)?;
+    Ok(Some(c.op("Gather", &[&source, &j], vec![attr::int("axis", a)])?))
 }
 
 /// dX = ScatterElements(0, idx, dY, axis, add)

@@ -101,9 +101,10 @@ fn split(c: &mut Ctx) -> R<Grads> {
     })?])
 }
 
-/// dX = dY padded back to X's shape (`Pad` when the slice has unit steps and constant
-/// bounds over known dimensions); otherwise dY scattered to the positions the same
-/// slice picks out of an index tensor.
+/// dX = dY padded back to X's shape: `Pad` whenever the slice has unit steps and
+/// constant axes (its amounts constant where bounds and dimensions are known, else
+/// computed from `Shape(X)`); otherwise dY scattered to the positions the same slice
+/// picks out of an index tensor.
 fn slice(c: &mut Ctx) -> R<Grads> {
     let x = c.x(0);
     let g = c.dy_exact(0)?;
@@ -114,10 +115,70 @@ fn slice(c: &mut Ctx) -> R<Grads> {
                 let p = c.ints(&pads)?;
                 c.op("Pad", &[&g.name, &p], vec![])?
             }
-            None => scatter_back(c, &g.name, &x)?,
+            None => match runtime_slice_pads(c)? {
+                Some(p) => c.op("Pad", &[&g.name, &p], vec![])?,
+                None => scatter_back(c, &g.name, &x)?,
+            },
         };
         Ok(G { name, ..g.clone() })
     })?])
+}
+
+/// The slice's constant axes (normalised, in input order), when its steps are all 1
+/// and X's rank is known.
+fn unit_step_axes(c: &Ctx, rank: usize) -> Option<Vec<i64>> {
+    let n = c.const_ints(&c.x(1)).map(|s| s.len()).or_else(|| c.static_shape_of(&c.x(1))?.first().map(|&d| d as usize))?;
+    let axes = match c.x(3) {
+        a if a.is_empty() => (0..n as i64).collect(),
+        a => c.const_ints(&a)?,
+    };
+    let unit = match c.x(4) {
+        s if s.is_empty() => true,
+        s => c.const_ints(&s)?.iter().all(|&v| v == 1),
+    };
+    unit.then(|| axes.iter().map(|&a| c.norm_axis(a, rank)).collect())
+}
+
+/// `Pad` amounts undoing a unit-step slice, computed at run time from `Shape(X)` where
+/// a bound or a dimension is not known at compile time: per sliced axis, ONNX's
+/// clamping of start and end into `[0, dim]`, then `before = start` and
+/// `after = dim - start - max(end - start, 0)`. Only `[k]`-sized integers are computed.
+fn runtime_slice_pads(c: &mut Ctx) -> R<Option<String>> {
+    let x = c.x(0);
+    let Ok(rank) = c.rank(&x) else { return Ok(None) };
+    let Some(axes) = unit_step_axes(c, rank) else { return Ok(None) };
+    let int64 = crate::onnx::DataType::Int64 as i32;
+    let as_i64 = |c: &mut Ctx, v: &str| -> R<String> {
+        match c.dtype(v)? {
+            t if t == int64 => Ok(v.to_string()),
+            _ => c.cast(v, int64),
+        }
+    };
+    let (starts, ends) = (as_i64(c, &c.x(1))?, as_i64(c, &c.x(2))?);
+    let shape = c.op("Shape", &[&x], vec![])?;
+    let axes_t = c.ints(&axes)?;
+    let dims = c.op("Gather", &[&shape, &axes_t], vec![attr::int("axis", 0)])?;
+    let zero = c.int_scalar(0)?;
+    // clamp(v) = max(where(v < 0, min(v, dim) + dim, min(v, dim)), 0); the min first
+    // keeps an end of i64::MAX from overflowing.
+    let clamp = |c: &mut Ctx, v: &str| -> R<String> {
+        let v = c.op("Min", &[v, &dims], vec![])?;
+        let negative = c.op("Less", &[&v, &zero], vec![])?;
+        let wrapped = c.add(&v, &dims)?;
+        let v = c.where_(&negative, &wrapped, &v)?;
+        c.op("Max", &[&v, &zero], vec![])
+    };
+    let (start, end) = (clamp(c, &starts)?, clamp(c, &ends)?);
+    let len = c.sub(&end, &start)?;
+    let len = c.op("Max", &[&len, &zero], vec![])?;
+    let rest = c.sub(&dims, &start)?;
+    let after = c.sub(&rest, &len)?;
+    let amounts = c.op("Concat", &[&start, &after], vec![attr::int("axis", 0)])?;
+    let at: Vec<i64> = axes.iter().copied().chain(axes.iter().map(|&a| a + rank as i64)).collect();
+    let at = c.ints(&at)?;
+    let none = c.ints(&vec![0; 2 * rank])?;
+    let pads = c.op("ScatterElements", &[&none, &at, &amounts], vec![attr::int("axis", 0)])?;
+    Ok(Some(pads))
 }
 
 /// `Pad` amounts undoing the slice, when they are known at compile time.
