@@ -160,7 +160,7 @@ fn the_artifact_report_renders_in_chromium_with_the_plan_the_heat_map_and_the_lo
         "One rewritten layer: block 0 / mlp.up (val_244), 4 of 64 neurons",
         "before: val_244 in the source model",
         "after: val_244.rows in train_step.onnx",
-        "ScatterElements",
+        "MatMul 'node_linear_5.selected' (split_rows)",
         "trainable input",
         "What each pass added to the train step",
         "autodiff",

@@ -3,7 +3,7 @@
 //! In: a graph with a scalar loss output, or a `logits [batch, seq, vocab]` output.
 //! Out: the same graph with a scalar FLOAT output holding the loss. For logits, a
 //! causal-LM cross-entropy is appended: a new input `labels [batch, seq]` (INT64),
-//! logits at position t predict labels at t+1, label -100 is ignored, the loss is the
+//! logits at position t predict labels at t+1 (the labels are shifted, not the logits), label -100 is ignored, the loss is the
 //! mean over counted tokens. Built from LogSoftmax + GatherElements + a masked mean:
 //! ONNX Runtime's CUDA provider has no SoftmaxCrossEntropyLoss kernel.
 
@@ -98,14 +98,20 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     graph.set_pass(Some("loss"));
     let g = graph;
     g.add_input(make::value_info("labels", DataType::Int64, &["batch".into(), "seq".into()]))?;
+    // Position t predicts token t+1. The labels are shifted (left by one, -100 in the
+    // last column), not the logits: a Slice of the logits would cost a logits-sized
+    // copy in the backward pass, and the last position's prediction simply counts as
+    // ignored.
     let axis1 = g.const_i64s("axis1", &[1]);
-    let zero = g.const_i64s("start0", &[0]);
-    let minus1 = g.const_i64s("end_m1", &[-1]);
     let one = g.const_i64s("start1", &[1]);
     let end = g.const_i64s("end_max", &[i64::MAX]);
-    // Position t predicts token t+1.
-    let lg = g.add1("Slice", &[logits, &zero, &minus1, &axis1], vec![], "shift_logits")?;
-    let lb = g.add1("Slice", &["labels", &one, &end, &axis1], vec![], "shift_labels")?;
+    let next = g.add1("Slice", &["labels", &one, &end, &axis1], vec![], "next_labels")?;
+    let shape = g.add1("Shape", &["labels"], vec![attr::int("end", 1)], "label_rows")?;
+    let shape = g.add1("Concat", &[&shape, &one], vec![attr::int("axis", 0)], "last_column_shape")?;
+    let fill = make::tensor_i64("value", &[1], &[IGNORE_INDEX]);
+    let last = g.add1("ConstantOfShape", &[&shape], vec![attr::tensor("value", fill)], "last_column")?;
+    let lb = g.add1("Concat", &[&next, &last], vec![attr::int("axis", 1)], "shift_labels")?;
+    let lg = logits.to_string();
     let lp = g.add1("LogSoftmax", &[&lg], vec![attr::int("axis", -1)], "log_probs")?;
     let ignore = g.const_i64("ignore_index", IGNORE_INDEX);
     let is_ignored = g.add1("Equal", &[&lb, &ignore], vec![], "ignored")?;

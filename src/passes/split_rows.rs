@@ -3,14 +3,18 @@
 //! In: a graph, its layers, and the selected rows of some of them. Out: for each
 //! selected weight `W` a new graph input `<W>.rows` holding only those rows (and
 //! `<bias>.rows` for the matching bias elements); the frozen weight stays an
-//! initializer, never a graph output, so it cannot change.
+//! initializer, never a graph output, so it cannot change, and nothing of its size is
+//! written per step.
 //!
-//! For `MatMul` the rows are scattered into the weight, `W' = Scatter(W, S, W.rows)`,
-//! and the layer runs unchanged on `W'`; the scatter's gradient rule then computes
-//! `dW.rows = Xᵀ · dY[..., S]` (k/out of a full weight gradient) without ever forming
-//! the full one. For `Gemm` and `Conv` the layer's output is computed twice: with the
-//! frozen weight, and `op(X, W.rows)` for the selected neurons only, scattered over the
-//! output's neuron axis under the original output name.
+//! - Output neurons (columns of a MatMul weight, rows of a Gemm `transB` weight,
+//!   output channels of a Conv): the layer runs twice, on the frozen weight and on
+//!   `W.rows` alone, and the selected neurons' outputs replace the frozen ones:
+//!   `Y = Gather(Concat(Y_frozen, Y_selected), order)` along the neuron axis, with
+//!   `order` a constant `[out]` permutation. The weight gradient then is
+//!   `Xᵀ · dY[.., S]`, k/out of a full one, from the ordinary rules.
+//! - Input rows of a MatMul weight (the down projection's part of an MLP unit):
+//!   `Y = X·W + X[.., S] · (W.rows − W[S, :])`; `W[S, :]` is a constant gather that
+//!   ONNX Runtime folds once.
 
 use super::{refuse, PassError};
 use crate::analyze::{Layer, LayerKind, WeightSource};
@@ -126,24 +130,8 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
         None => None,
     };
     let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    if layer.kind == LayerKind::MatMul {
-        // W' = ScatterElements(W, S broadcast over rows, W.rows): columns S replaced.
-        let s = graph.const_i64_tensor(&format!("{w}.selected"), &[1, k], &selected);
-        let shape = graph.add1("Shape", &[&rows_name], vec![], &format!("{w}.rows_shape"))?;
-        let idx = graph.add1("Expand", &[&s, &shape], vec![], &format!("{w}.selected_index"))?;
-        let merged = graph.add1(
-            "ScatterElements",
-            &[w, &idx, &rows_name],
-            vec![attr::int("axis", 1)],
-            &format!("{w}.merged"),
-        )?;
-        for node in users {
-            graph.set_input(node, 1, &merged)?;
-        }
-    } else {
-        for node in users {
-            rewrite_use(graph, node, layer, &rows_name, bias_rows.as_deref(), &selected)?;
-        }
+    for node in users {
+        rewrite_use(graph, node, layer, &rows_name, bias_rows.as_deref(), &selected)?;
     }
     // A MatMul's bias lives in the Add after it: scatter the trainable elements in.
     if let (LayerKind::MatMul, Some(b), Some(b_rows)) = (layer.kind, &layer.bias, &bias_rows) {
@@ -167,7 +155,7 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
 }
 
 /// Rows of a MatMul weight `W [in, out]` along its input axis (the down projection's
-/// part of an MLP unit): `W' = ScatterND(W, S, W.rows)` replaces whole rows.
+/// part of an MLP unit): each use `Y = X·W` gains `X[.., S] · (W.rows − W[S, :])`.
 fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Trainable, PassError> {
     let w = layer.weight.clone();
     let users = splittable_uses(graph, layer)?;
@@ -177,10 +165,18 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
     let dims: Vec<DimSpec> = shape.iter().map(|&d| d.into()).collect();
     graph.add_input(make::value_info(&rows_name, DataType::Float, &dims))?;
     let selected: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-    let idx = graph.const_i64_tensor(&format!("{w}.selected"), &[selected.len() as i64, 1], &selected);
-    let merged = graph.add1("ScatterND", &[&w, &idx, &rows_name], vec![], &format!("{w}.merged"))?;
+    let idx = graph.const_i64s(&format!("{w}.selected"), &selected);
+    let original = graph.add1("Gather", &[&w, &idx], vec![attr::int("axis", 0)], &format!("{w}.original_rows"))?;
+    let delta = graph.add1("Sub", &[&rows_name, &original], vec![], &format!("{w}.delta"))?;
     for node in users {
-        graph.set_input(node, 1, &merged)?;
+        let proto = graph.op(node).cloned().expect("a layer use is an op");
+        let (x, y) = (proto.input[0].clone(), proto.output[0].clone());
+        let x_sel = graph.add1("Gather", &[&x, &idx], vec![attr::int("axis", -1)], &format!("{x}.selected"))?;
+        let change = graph.add1("MatMul", &[&x_sel, &delta], vec![], &format!("{y}.change"))?;
+        let frozen = graph.fresh_name(&format!("{y}.frozen"));
+        graph.rename_value(&y, &frozen)?;
+        let sum = graph.add_op(make::node("Add", &[&frozen, &change], &[&y], vec![]))?;
+        graph.replace_uses(&frozen, &y, &[sum])?;
     }
     Ok(Trainable {
         name: rows_name,
@@ -194,7 +190,8 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
     })
 }
 
-/// `Y = op(X, W, ...)` becomes `ScatterElements(Y, S, op(X, W.rows, ...), axis=neurons)`.
+/// `Y = op(X, W, ...)` becomes `Gather(Concat(Y_frozen, op(X, W.rows, ...)), order)`
+/// along the neuron axis: the selected neurons' outputs replace the frozen ones.
 fn rewrite_use(
     graph: &mut Graph,
     node: NodeIndex,
@@ -227,25 +224,21 @@ fn rewrite_use(
     let y_sel = graph.fresh_name(&format!("{y}.selected"));
     part.output = vec![y_sel.clone()];
     graph.add_op(part)?;
-    // Indices shaped to broadcast along the neuron axis: [k] for the last axis
-    // (MatMul, Gemm), [1, k, 1, ...] for Conv's channel axis.
-    let (axis, idx_shape) = match layer.kind {
-        LayerKind::Conv => {
-            let mut s = vec![1i64; layer.shape.len()];
-            s[1] = selected.len() as i64;
-            (1, s)
-        }
-        _ => (-1, vec![selected.len() as i64]),
-    };
-    let idx_name = graph.const_i64_tensor(&format!("{}.selected", layer.weight), &idx_shape, selected);
-    let shape = graph.add1("Shape", &[&y_sel], vec![], "selected_shape")?;
-    let idx = graph.add1("Expand", &[&idx_name, &shape], vec![], "selected_index")?;
+    // order[j] = j for a frozen neuron, out + (its position in S) for a selected one.
+    let axis = if layer.kind == LayerKind::Conv { 1 } else { -1 };
+    let out = layer.shape[layer.axis];
+    let mut order: Vec<i64> = (0..out).collect();
+    for (pos, &j) in selected.iter().enumerate() {
+        order[j as usize] = out + pos as i64;
+    }
+    let order = graph.const_i64s(&format!("{}.order", layer.weight), &order);
     // The merged value takes over the name `y`, so graph outputs keep their names.
     let frozen = graph.fresh_name(&format!("{y}.frozen"));
     graph.rename_value(&y, &frozen)?;
-    let scatter =
-        crate::onnx::make::node("ScatterElements", &[&frozen, &idx, &y_sel], &[&y], vec![attr::int("axis", axis)]);
-    let merged = graph.add_op(scatter)?;
-    graph.replace_uses(&frozen, &y, &[merged])?;
+    let both = graph.add1("Concat", &[&frozen, &y_sel], vec![attr::int("axis", axis)], &format!("{y}.both"))?;
+    let gather = crate::onnx::make::node("Gather", &[&both, &order], &[&y], vec![attr::int("axis", axis)]);
+    let merged = graph.add_op(gather)?;
+    let concat = graph.producer(&both).expect("just made").0;
+    graph.replace_uses(&frozen, &y, &[merged, concat])?;
     Ok(())
 }

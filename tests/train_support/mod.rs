@@ -123,3 +123,56 @@ pub fn step_of(state: &State) -> i64 {
         _ => panic!("step is not INT64"),
     }
 }
+
+/// One value the train step computed, from [`every_value_of_a_step`].
+pub struct Probed {
+    pub name: String,
+    /// The op that made it.
+    pub op: String,
+    /// The neft pass that added that op (`None`: it comes from the source model).
+    pub pass: Option<String>,
+    pub value: HostTensor,
+}
+
+/// Runs one step of `dir/train_step.onnx` on `batch` with every node output made a
+/// graph output, and returns them all: what a step really computes, at real shapes.
+pub fn every_value_of_a_step(dir: &Path, batch: &[(&str, HostTensor)]) -> Vec<Probed> {
+    use neft::runtime::ort::{Session, SessionOptions};
+    let mut model = neft::onnx::load(dir.join("train_step.onnx")).unwrap();
+    let graph = model.proto.graph.as_mut().unwrap();
+    let declared: std::collections::HashSet<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+    let mut op_of = std::collections::HashMap::new();
+    for n in &graph.node {
+        let pass = n.metadata_props.iter().find(|m| m.key() == neft::ir::PASS_KEY).map(|m| m.value().to_string());
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            op_of.insert(o.clone(), (n.op_type().to_string(), pass.clone()));
+        }
+    }
+    let extra: Vec<String> = op_of.keys().filter(|o| !declared.contains(*o)).cloned().collect();
+    for o in &extra {
+        // A name alone: ONNX Runtime infers the type of an output it computes.
+        graph.output.push(neft::onnx::proto::ValueInfoProto { name: Some(o.clone()), ..Default::default() });
+    }
+    let probe = dir.join("probe_every_value.onnx");
+    neft::onnx::save(&model, &probe).unwrap();
+    let plan = neft::artifact::Plan::load(&dir.join("plan.json")).unwrap();
+    let state = load_state(&dir.join("state.safetensors"));
+    let mut feed: Vec<(&str, HostTensor)> = batch.to_vec();
+    for (name, t) in &state.tensors {
+        let host = match t {
+            StateTensor::F32 { shape, data } => HostTensor::f32(shape, data.clone()),
+            StateTensor::I64 { shape, data } => HostTensor::i64(shape, data.clone()),
+        };
+        feed.push((name.as_str(), host));
+    }
+    feed.push((plan.io.lr.as_str(), HostTensor::f32(&[], vec![1e-2])));
+    let mut session = Session::from_file(&probe, &SessionOptions { threads: Some(1), ..Default::default() }).unwrap();
+    let out = session.run(&feed).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&probe).unwrap();
+    out.into_iter()
+        .filter_map(|(name, value)| {
+            let (op, pass) = op_of.get(&name)?.clone();
+            Some(Probed { op, pass, name, value })
+        })
+        .collect()
+}
