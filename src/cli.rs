@@ -1,9 +1,8 @@
 //! Command-line pieces shared by the `neft` and `neft-compile` binaries.
 
-use crate::compile::{compile, CompileOptions, Mode, Unit};
+use crate::compile::{compile, CompileOptions};
 use crate::optim::Optimizer;
-use crate::passes::append_loss::LossSpec;
-use crate::select::NeuronSet;
+use crate::types::{LossSpec, Mode, NeuronSet, Unit};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;

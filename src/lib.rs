@@ -22,3 +22,4 @@ pub mod profile;
 pub mod runtime;
 pub mod select;
 pub mod train;
+pub mod types;

@@ -265,18 +265,18 @@ fn cases() -> Vec<Case> {
         case("slice_reverse", "Slice", vec![var(&[5, 2]), ints(&[-1]), ints(&[-100]), ints(&[0]), ints(&[-1])]),
         case("slice_sym_axis", "Slice", vec![var(&[5, 3]).sym(0, "seq"), ints(&[1]), ints(&[4]), ints(&[0])]),
         // symbolic dimensions: Pad amounts computed from Shape(X) at run time
-        case("slice_sym_neg_start", "Slice", vec![var(&[5, 4]).sym(0, "seq"), ints(&[-3]), ints(&[i64::MAX]), ints(&[0])]),
+        case(
+            "slice_sym_neg_start",
+            "Slice",
+            vec![var(&[5, 4]).sym(0, "seq"), ints(&[-3]), ints(&[i64::MAX]), ints(&[0])],
+        ),
         case(
             "slice_sym_two_axes",
             "Slice",
             vec![var(&[4, 6]).sym(0, "a").sym(1, "b"), ints(&[1, 0]), ints(&[-1, 2]), ints(&[0, -1])],
         ),
         case("slice_sym_clamped", "Slice", vec![var(&[3, 5]).sym(1, "seq"), ints(&[-100]), ints(&[100]), ints(&[1])]),
-        case(
-            "slice_sym_step",
-            "Slice",
-            vec![var(&[6, 4]).sym(0, "n"), ints(&[0]), ints(&[6]), ints(&[0]), ints(&[2])],
-        ),
+        case("slice_sym_step", "Slice", vec![var(&[6, 4]).sym(0, "n"), ints(&[0]), ints(&[6]), ints(&[0]), ints(&[2])]),
         case("expand", "Expand", vec![var(&[3, 1]), ints(&[2, 3, 4])]),
         case("pad", "Pad", vec![var(&[2, 3]), ints(&[1, 0, 0, 2])]),
         case("tile", "Tile", vec![var(&[2, 3]), ints(&[2, 3])]),

@@ -4,8 +4,8 @@
 use crate::analyze::Layer;
 use crate::optim::{Optimizer, OptimizerIo};
 use crate::passes::append_loss::LossInfo;
-use crate::passes::split_rows::Trainable;
-use crate::select::{split_role, LayerShare, NeuronSet};
+use crate::select::{split_role, LayerShare};
+use crate::types::{NeuronSet, Trainable};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -11,55 +11,13 @@ use crate::ir::Graph;
 use crate::onnx::make::value_info_unshaped;
 use crate::onnx::{DataType, Model};
 use crate::optim::{self, Optimizer, OptimizerIo, Param};
-use crate::passes::append_loss::{append_loss, LossInfo, LossSpec};
+use crate::passes::append_loss::append_loss;
 use crate::passes::mask_params::{self, mask_params};
-use crate::passes::split_rows::{split_rows, Trainable};
-use crate::select::NeuronSet;
+use crate::passes::split_rows::split_rows;
+use crate::types::{LossInfo, LossSpec, NeuronSet, Trainable};
+pub use crate::types::{Mode, Unit};
 use anyhow::{bail, Context};
 use std::path::Path;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Only the selected rows are parameters.
-    Split,
-    /// Whole weights are parameters; a mask freezes the unselected rows (the paper).
-    Mask,
-    /// Whole weights of the selected layers train, rows ignored: full fine-tuning of
-    /// those matrices, the baseline NeFT is measured against.
-    Full,
-}
-
-/// What one selected row stands for (`--unit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
-    /// One row of one weight.
-    Neuron,
-    /// A gated-MLP unit: up and gate columns and the down row, selected together.
-    MlpUnit,
-}
-
-impl std::str::FromStr for Unit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "neuron" => Ok(Unit::Neuron),
-            "mlp-unit" => Ok(Unit::MlpUnit),
-            _ => Err(format!("unknown unit '{s}': use neuron or mlp-unit")),
-        }
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "split" => Ok(Mode::Split),
-            "mask" => Ok(Mode::Mask),
-            "full" => Ok(Mode::Full),
-            _ => Err(format!("unknown mode '{s}': use split, mask or full")),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct CompileOptions {

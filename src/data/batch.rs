@@ -1,6 +1,6 @@
 use super::Tokenized;
-use crate::passes::append_loss::IGNORE_INDEX;
 use crate::runtime::ort::HostTensor;
+use crate::types::IGNORE_INDEX;
 
 /// One batch, padded on the right to its longest example.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,5 +1,5 @@
 use super::Encode;
-use crate::passes::append_loss::IGNORE_INDEX;
+use crate::types::IGNORE_INDEX;
 use serde::Deserialize;
 use std::io::BufRead;
 use std::path::Path;

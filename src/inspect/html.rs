@@ -16,7 +16,7 @@ use crate::artifact::Plan;
 use crate::ir::Graph;
 use crate::markup::escape;
 use crate::onnx::Model;
-use crate::passes::split_rows::Trainable;
+use crate::types::Trainable;
 use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::path::Path;

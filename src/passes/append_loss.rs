@@ -11,43 +11,7 @@ use super::{refuse, PassError};
 use crate::ir::{attr, Graph};
 use crate::onnx::make::{self, declared, DimSpec};
 use crate::onnx::DataType;
-use serde::{Deserialize, Serialize};
-
-/// How to find or build the loss (`--loss`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LossSpec {
-    /// A scalar output whose name contains "loss", else causal LM on `logits`.
-    Auto,
-    CausalLm,
-    /// Use this scalar output as the loss.
-    Output(String),
-}
-
-impl std::str::FromStr for LossSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => LossSpec::Auto,
-            "causal-lm" => LossSpec::CausalLm,
-            other => LossSpec::Output(other.to_string()),
-        })
-    }
-}
-
-/// What the training graph's loss is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LossInfo {
-    /// The scalar loss output.
-    pub loss: String,
-    /// `output` (the model's own) or `causal-lm` (appended).
-    pub kind: String,
-    /// The labels input added for `causal-lm`.
-    pub labels: Option<String>,
-    /// A scalar output counting the tokens the loss averages over (`causal-lm`).
-    pub tokens: Option<String>,
-}
-
-pub const IGNORE_INDEX: i64 = -100;
+pub use crate::types::{LossInfo, LossSpec, IGNORE_INDEX};
 
 pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassError> {
     let outputs: Vec<(String, Option<Vec<DimSpec>>)> =

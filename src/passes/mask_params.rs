@@ -5,13 +5,13 @@
 //! turned from an initializer into a graph input of the same name, with a BOOL mask
 //! initializer `<W>.mask` shaped to broadcast along the neuron axis.
 
-use super::split_rows::Trainable;
 use super::{refuse, PassError};
 use crate::analyze::{Layer, WeightSource};
 use crate::ir::Graph;
 use crate::onnx::make;
 use crate::onnx::DataType;
-use crate::select::NeuronSet;
+use crate::types::NeuronSet;
+use crate::types::Trainable;
 
 const PASS: &str = "mask_params";
 

@@ -29,8 +29,8 @@ pub(crate) fn refuse(pass: &'static str, why: impl Into<String>) -> PassError {
 pub(crate) fn selected_layers<'a>(
     pass: &'static str,
     layers: &'a [crate::analyze::Layer],
-    neurons: &'a crate::select::NeuronSet,
-) -> Result<Vec<(&'a crate::analyze::Layer, &'a crate::select::LayerNeurons)>, PassError> {
+    neurons: &'a crate::types::NeuronSet,
+) -> Result<Vec<(&'a crate::analyze::Layer, &'a crate::types::LayerNeurons)>, PassError> {
     neurons
         .layers
         .iter()

@@ -21,31 +21,8 @@ use crate::analyze::{Layer, LayerKind, WeightSource};
 use crate::ir::{attr, Graph, NodeIndex};
 use crate::onnx::make::{self, DimSpec};
 use crate::onnx::DataType;
-use crate::select::NeuronSet;
-use serde::{Deserialize, Serialize};
-
-/// A tensor the training graph takes as a parameter.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trainable {
-    /// The graph input holding its value.
-    pub name: String,
-    pub shape: Vec<i64>,
-    /// The initializer it comes from.
-    pub source: String,
-    /// The source axis the rows index.
-    pub axis: usize,
-    /// The selected rows of the source along `axis`.
-    pub rows: Vec<usize>,
-    /// Mask mode: the BOOL initializer marking trainable elements; the parameter is
-    /// then the whole source tensor.
-    pub mask: Option<String>,
-    /// The source layer's structural label (`block 3 / mlp.up`), for reports.
-    #[serde(default)]
-    pub role: String,
-    /// Rows of the source along `axis` (selected or not), for reports.
-    #[serde(default)]
-    pub source_rows: usize,
-}
+use crate::types::NeuronSet;
+pub use crate::types::Trainable;
 
 const PASS: &str = "split_rows";
 

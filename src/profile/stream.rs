@@ -10,8 +10,8 @@
 use crate::data::{tokenize, Encode, Tokenized};
 use crate::ir::Graph;
 use crate::onnx::make::{declared, DimSpec};
-use crate::passes::append_loss::IGNORE_INDEX;
 use crate::runtime::ort::HostTensor;
+use crate::types::IGNORE_INDEX;
 use anyhow::{bail, Context};
 use std::io::BufRead;
 use std::path::Path;

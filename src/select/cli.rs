@@ -5,11 +5,11 @@
 use super::{
     heatmap_svg, select, summary_text, Budget, DataSource, Evidence, Scope, SelectOptions, Selection, Strategy, Targets,
 };
-use crate::compile::Unit;
 use crate::onnx::Model;
-use crate::passes::append_loss::LossSpec;
 use crate::profile::cli::DataArgs;
 use crate::profile::{Profile, ProfileOptions, Statistic};
+use crate::types::LossSpec;
+use crate::types::Unit;
 use clap::Args;
 use std::path::{Path, PathBuf};
 

@@ -11,9 +11,10 @@ use crate::autodiff::{self, GradOptions};
 use crate::ir::{attr, Graph};
 use crate::onnx::make::value_info_unshaped;
 use crate::onnx::{DataType, Model};
-use crate::passes::append_loss::{append_loss, LossSpec};
+use crate::passes::append_loss::append_loss;
 use crate::profile::{open_derived, DerivedSession};
 use crate::runtime::ort::{HostTensor, SessionOptions};
+use crate::types::LossSpec;
 use anyhow::Context;
 
 /// The weight gradients reduced to per-row scores, ready to run batches.

@@ -24,9 +24,9 @@ pub use strategy::{score_groups, DataSource, Evidence, Strategy};
 pub use units::{build_groups, split_role, Group, Member, Targets};
 
 use crate::analyze::{analyze_structure, find_layers, Layer};
-use crate::compile::Unit;
 use crate::ir::Graph;
 use crate::onnx::Model;
+use crate::types::Unit;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::collections::BTreeSet;

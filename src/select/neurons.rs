@@ -2,27 +2,9 @@
 //! with `rows` sorted and unique, `axis` the weight axis that indexes neurons.
 
 use crate::analyze::Layer;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::Path;
 
-pub const NEURONS_FORMAT: &str = "neft.neurons/1";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerNeurons {
-    pub axis: usize,
-    pub rows: Vec<usize>,
-}
-
-/// The selected neurons, per weight initializer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct NeuronSet {
-    pub format: String,
-    pub layers: BTreeMap<String, LayerNeurons>,
-    /// The file it was read from, for messages.
-    #[serde(skip)]
-    pub origin: String,
-}
+pub use crate::types::{LayerNeurons, NeuronSet, NEURONS_FORMAT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NeuronError {
@@ -35,10 +17,6 @@ pub enum NeuronError {
 }
 
 impl NeuronSet {
-    pub fn new() -> Self {
-        NeuronSet { format: NEURONS_FORMAT.into(), layers: BTreeMap::new(), origin: String::new() }
-    }
-
     /// Reads and checks the file's own structure (format tag, sorted unique rows).
     pub fn load(path: &Path) -> Result<NeuronSet, NeuronError> {
         let file = path.display().to_string();

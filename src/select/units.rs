@@ -7,7 +7,7 @@
 //! graph order.
 
 use crate::analyze::{Layer, LayerKind, MlpUnits};
-use crate::compile::Unit;
+use crate::types::Unit;
 use std::collections::HashSet;
 
 /// Which layers to select from (`--targets`).

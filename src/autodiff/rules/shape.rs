@@ -127,7 +127,8 @@ fn slice(c: &mut Ctx) -> R<Grads> {
 /// The slice's constant axes (normalised, in input order), when its steps are all 1
 /// and X's rank is known.
 fn unit_step_axes(c: &Ctx, rank: usize) -> Option<Vec<i64>> {
-    let n = c.const_ints(&c.x(1)).map(|s| s.len()).or_else(|| c.static_shape_of(&c.x(1))?.first().map(|&d| d as usize))?;
+    let n =
+        c.const_ints(&c.x(1)).map(|s| s.len()).or_else(|| c.static_shape_of(&c.x(1))?.first().map(|&d| d as usize))?;
     let axes = match c.x(3) {
         a if a.is_empty() => (0..n as i64).collect(),
         a => c.const_ints(&a)?,

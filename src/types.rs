@@ -1,0 +1,138 @@
+//! Types the stages share: what a selection is (`NeuronSet`, `Unit`), how a graph is
+//! rewritten (`Mode`, `Trainable`) and what its loss is (`LossSpec`, `LossInfo`).
+//!
+//! They live here, below every stage, so that select, the passes and compile can all
+//! use them without depending on one another.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How selected rows become parameters (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only the selected rows are parameters.
+    Split,
+    /// Whole weights are parameters; a mask freezes the unselected rows (the paper).
+    Mask,
+    /// Whole weights of the selected layers train, rows ignored: full fine-tuning of
+    /// those matrices, the baseline NeFT is measured against.
+    Full,
+}
+
+/// What one selected row stands for (`--unit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// One row of one weight.
+    Neuron,
+    /// A gated-MLP unit: up and gate columns and the down row, selected together.
+    MlpUnit,
+}
+
+impl std::str::FromStr for Unit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "neuron" => Ok(Unit::Neuron),
+            "mlp-unit" => Ok(Unit::MlpUnit),
+            _ => Err(format!("unknown unit '{s}': use neuron or mlp-unit")),
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "split" => Ok(Mode::Split),
+            "mask" => Ok(Mode::Mask),
+            "full" => Ok(Mode::Full),
+            _ => Err(format!("unknown mode '{s}': use split, mask or full")),
+        }
+    }
+}
+
+/// The `format` tag of a `neurons.json` file.
+pub const NEURONS_FORMAT: &str = "neft.neurons/1";
+
+/// One weight's selected rows along `axis`, the weight axis that indexes neurons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerNeurons {
+    pub axis: usize,
+    pub rows: Vec<usize>,
+}
+
+/// The selected neurons, per weight initializer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NeuronSet {
+    pub format: String,
+    pub layers: BTreeMap<String, LayerNeurons>,
+    /// The file it was read from, for messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+impl NeuronSet {
+    pub fn new() -> Self {
+        NeuronSet { format: NEURONS_FORMAT.into(), layers: BTreeMap::new(), origin: String::new() }
+    }
+}
+
+/// How to find or build the loss (`--loss`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossSpec {
+    /// A scalar output whose name contains "loss", else causal LM on `logits`.
+    Auto,
+    CausalLm,
+    /// Use this scalar output as the loss.
+    Output(String),
+}
+
+impl std::str::FromStr for LossSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => LossSpec::Auto,
+            "causal-lm" => LossSpec::CausalLm,
+            other => LossSpec::Output(other.to_string()),
+        })
+    }
+}
+
+/// What the training graph's loss is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LossInfo {
+    /// The scalar loss output.
+    pub loss: String,
+    /// `output` (the model's own) or `causal-lm` (appended).
+    pub kind: String,
+    /// The labels input added for `causal-lm`.
+    pub labels: Option<String>,
+    /// A scalar output counting the tokens the loss averages over (`causal-lm`).
+    pub tokens: Option<String>,
+}
+
+/// The label value a loss does not count (Hugging Face's convention).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// A tensor the training graph takes as a parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trainable {
+    /// The graph input holding its value.
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// The initializer it comes from.
+    pub source: String,
+    /// The source axis the rows index.
+    pub axis: usize,
+    /// The selected rows of the source along `axis`.
+    pub rows: Vec<usize>,
+    /// Mask mode: the BOOL initializer marking trainable elements; the parameter is
+    /// then the whole source tensor.
+    pub mask: Option<String>,
+    /// The source layer's structural label (`block 3 / mlp.up`), for reports.
+    #[serde(default)]
+    pub role: String,
+    /// Rows of the source along `axis` (selected or not), for reports.
+    #[serde(default)]
+    pub source_rows: usize,
+}
