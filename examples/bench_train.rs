@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example bench_train -- [--layers 4] [--hidden 256] [--ffn 688]
 //!     [--vocab 2048] [--kv-heads 2] [--batch 4] [--seq 128] [--steps 10] [--warmup 3] [--json OUT.json]
+//!     [--threads N] [--only NAME,NAME] [--units UNITS.json]
 //! ```
+//! `--units` names the MLP units the split and mask rows train (a JSON list, per block,
+//! of unit indices: what `examples/bench_vs_pytorch.py` hands PyTorch too); `--only`
+//! keeps the configurations whose names start with one of the given names.
 //! The model is a random-weight Llama built by `neft::models::llama`. Each
 //! configuration trains in its own child process, so its peak resident memory
 //! (VmHWM) is its own; step times are medians after warm-up.
@@ -30,6 +34,9 @@ struct Args {
     steps: usize,
     warmup: usize,
     json: Option<PathBuf>,
+    threads: Option<usize>,
+    only: Vec<String>,
+    units: Option<Vec<Vec<usize>>>,
 }
 
 fn parse() -> Args {
@@ -44,6 +51,9 @@ fn parse() -> Args {
         steps: 10,
         warmup: 3,
         json: None,
+        threads: None,
+        only: vec![],
+        units: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -61,6 +71,12 @@ fn parse() -> Args {
             "--steps" => a.steps = n(),
             "--warmup" => a.warmup = n(),
             "--json" => a.json = Some(PathBuf::from(v)),
+            "--threads" => a.threads = Some(n()),
+            "--only" => a.only = v.split(',').map(str::to_string).collect(),
+            "--units" => {
+                let text = std::fs::read_to_string(v).unwrap_or_else(|e| panic!("--units {v}: {e}"));
+                a.units = Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("--units {v}: {e}")));
+            }
             other => panic!("unknown option {other}"),
         }
         i += 2;
@@ -76,7 +92,7 @@ struct Config {
     neurons: NeuronSet,
 }
 
-fn configs(model: &neft::onnx::Model) -> Vec<Config> {
+fn configs(model: &neft::onnx::Model, given: Option<&[Vec<usize>]>) -> Vec<Config> {
     let graph = neft::ir::Graph::from_proto(model.graph()).unwrap();
     let layers = neft::analyze::find_layers(&graph);
     let structure = neft::analyze::analyze_structure(&graph, &layers);
@@ -98,6 +114,21 @@ fn configs(model: &neft::onnx::Model) -> Vec<Config> {
         s
     };
     let mlp = |l: &neft::analyze::Layer| l.role.contains("mlp.");
+    if let Some(given) = given {
+        assert_eq!(given.len(), structure.mlps.len(), "--units: one list per MLP block");
+        let mut s = NeuronSet::new();
+        for (m, rows) in structure.mlps.iter().zip(given) {
+            s.layers.insert(m.up.clone(), LayerNeurons { axis: 1, rows: rows.clone() });
+        }
+        let total: usize = given.iter().map(Vec::len).sum();
+        let units: usize = structure.mlps.iter().map(|m| m.units).sum();
+        let pct = 100.0 * total as f64 / units as f64;
+        return vec![
+            Config { name: "full (MLP)".into(), mode: Mode::Full, unit: Unit::Neuron, neurons: whole(&mlp) },
+            Config { name: format!("mask {pct:.0}%"), mode: Mode::Mask, unit: Unit::MlpUnit, neurons: s.clone() },
+            Config { name: format!("split {pct:.0}%"), mode: Mode::Split, unit: Unit::MlpUnit, neurons: s },
+        ];
+    }
     let mut out = vec![
         Config { name: "full (all layers)".into(), mode: Mode::Full, unit: Unit::Neuron, neurons: whole(&|_| true) },
         Config { name: "full (MLP)".into(), mode: Mode::Full, unit: Unit::Neuron, neurons: whole(&mlp) },
@@ -129,19 +160,27 @@ fn batch(a: &Args, seed: u64) -> Vec<(&'static str, HostTensor)> {
 }
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// A memory figure of this process from /proc/self/status, in MB.
+fn status_mb(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
 }
 
-/// Child: train the artifacts in `dir`, print `step_ms...;peak_mb`.
+/// Child: train the artifacts in `dir`, print `step_ms...;peak_mb;open_mb;first_step_mb`
+/// (resident memory with both sessions open, and after the first step).
 fn child(dir: &Path, a: &Args) {
-    let mut s = TrainSession::open(dir, &SessionOptions::default()).unwrap();
+    let mut s = TrainSession::open(dir, &SessionOptions { threads: a.threads, ..Default::default() }).unwrap();
+    let open_mb = status_mb("VmRSS:");
+    let mut first_step_mb = 0.0;
     let mut times = vec![];
     for k in 0..a.warmup + a.steps {
         let b = batch(a, k as u64);
@@ -151,9 +190,12 @@ fn child(dir: &Path, a: &Args) {
         if k >= a.warmup {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        if k == 0 {
+            first_step_mb = status_mb("VmRSS:");
+        }
     }
     let list: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
-    println!("{};{:.1}", list.join(","), peak_rss_mb());
+    println!("{};{:.1};{open_mb:.1};{first_step_mb:.1}", list.join(","), peak_rss_mb());
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -190,7 +232,8 @@ fn main() {
         a.layers, a.hidden, a.ffn, a.vocab, params as f64 / 1e6, a.batch, a.seq, a.steps, a.warmup
     );
     let mut rows = vec![];
-    for (i, c) in configs(&model).into_iter().enumerate() {
+    let wanted = |c: &Config| a.only.is_empty() || a.only.iter().any(|o| c.name.starts_with(o.as_str()));
+    for (i, c) in configs(&model, a.units.as_deref()).into_iter().filter(wanted).enumerate() {
         let dir = root.path().join(format!("c{i}"));
         let opts = CompileOptions {
             mode: c.mode,
@@ -211,7 +254,8 @@ fn main() {
             .unwrap();
         assert!(out.status.success(), "{}: {}", c.name, String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
-        let (times, peak) = text.trim().split_once(';').unwrap();
+        let fields: Vec<&str> = text.trim().split(';').collect();
+        let (times, peak, open_mb, first_mb) = (fields[0], fields[1], fields[2], fields[3]);
         let mut times: Vec<f64> = times.split(',').map(|t| t.parse().unwrap()).collect();
         let row = serde_json::json!({
             "config": c.name,
@@ -222,14 +266,23 @@ fn main() {
             "step_ms_median": median(&mut times),
             "step_ms_min": times[0],
             "peak_rss_mb": peak.parse::<f64>().unwrap(),
+            "rss_sessions_open_mb": open_mb.parse::<f64>().unwrap(),
+            "rss_after_first_step_mb": first_mb.parse::<f64>().unwrap(),
         });
-        eprintln!("  {}: {:.1} ms/step", c.name, row["step_ms_median"].as_f64().unwrap());
+        eprintln!(
+            "  {}: {:.1} ms/step; resident {:.0} MB with the sessions open, {:.0} MB after one step, peak {:.0} MB",
+            c.name,
+            row["step_ms_median"].as_f64().unwrap(),
+            row["rss_sessions_open_mb"].as_f64().unwrap(),
+            row["rss_after_first_step_mb"].as_f64().unwrap(),
+            row["peak_rss_mb"].as_f64().unwrap()
+        );
         rows.push(row);
     }
     let full = rows[0]["step_ms_median"].as_f64().unwrap();
     let full_state = rows[0]["optimizer_state_bytes"].as_f64().unwrap();
     let full_mem = rows[0]["peak_rss_mb"].as_f64().unwrap();
-    println!("| configuration | trainable params | optimizer state | step (ms, median) | vs full | peak RSS (MB) | vs full | train-step nodes |");
+    println!("| configuration | trainable params | optimizer state | step (ms, median) | vs first row | peak RSS (MB) | vs first row | train-step nodes |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let (step, state, mem) = (
@@ -256,15 +309,36 @@ fn main() {
 }
 
 fn child_args(a: &Args) -> Vec<String> {
-    [("--batch", a.batch), ("--seq", a.seq), ("--steps", a.steps), ("--warmup", a.warmup), ("--vocab", a.vocab)]
-        .iter()
-        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
-        .collect()
+    let threads = a.threads.unwrap_or(0);
+    [
+        ("--batch", a.batch),
+        ("--seq", a.seq),
+        ("--steps", a.steps),
+        ("--warmup", a.warmup),
+        ("--vocab", a.vocab),
+        ("--threads", threads),
+    ]
+    .iter()
+    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+    .collect()
 }
 
 fn parse_child(rest: &[String]) -> Args {
-    let mut a =
-        Args { layers: 0, hidden: 0, ffn: 0, vocab: 0, kv: 0, batch: 0, seq: 0, steps: 0, warmup: 0, json: None };
+    let mut a = Args {
+        layers: 0,
+        hidden: 0,
+        ffn: 0,
+        vocab: 0,
+        kv: 0,
+        batch: 0,
+        seq: 0,
+        steps: 0,
+        warmup: 0,
+        json: None,
+        threads: None,
+        only: vec![],
+        units: None,
+    };
     for pair in rest.chunks(2) {
         let v: usize = pair[1].parse().unwrap();
         match pair[0].as_str() {
@@ -273,6 +347,7 @@ fn parse_child(rest: &[String]) -> Args {
             "--steps" => a.steps = v,
             "--warmup" => a.warmup = v,
             "--vocab" => a.vocab = v,
+            "--threads" => a.threads = (v > 0).then_some(v),
             _ => {}
         }
     }

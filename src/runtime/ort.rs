@@ -285,6 +285,40 @@ pub struct SessionOptions {
     /// Whether the model uses neft's own operators (`ai.neft`); only then does the
     /// session carry them.
     pub neft_ops: bool,
+    /// Weights packed for the CPU's matrix kernels, shared by the sessions given the
+    /// same one (a train step and its eval graph read the same frozen weights).
+    pub packed: Option<PackedWeights>,
+}
+
+impl SessionOptions {
+    /// These options with a store of packed weights, a new one unless they have one:
+    /// for the sessions of one model's graphs, which share its frozen weights.
+    pub fn sharing_packed_weights(&self) -> Result<SessionOptions, RuntimeError> {
+        let packed = match &self.packed {
+            Some(p) => p.clone(),
+            None => PackedWeights::new()?,
+        };
+        Ok(SessionOptions { packed: Some(packed), ..self.clone() })
+    }
+}
+
+/// A store of ONNX Runtime's pre-packed weights that several sessions share: each
+/// constant weight is packed once, whichever session packs it first (ONNX Runtime
+/// keys them by content). Dropped with the last session holding it.
+#[derive(Clone)]
+pub struct PackedWeights(ort::session::builder::PrepackedWeights);
+
+impl PackedWeights {
+    pub fn new() -> Result<PackedWeights, RuntimeError> {
+        runtime()?;
+        Ok(PackedWeights(ort::session::builder::PrepackedWeights::new()))
+    }
+}
+
+impl std::fmt::Debug for PackedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("PackedWeights")
+    }
 }
 
 impl Session {
@@ -345,6 +379,19 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
     }
     if let Some(n) = opts.threads {
         b = b.with_intra_threads(n).map_err(|e| session_err(e.to_string()))?;
+    }
+    if let Some(packed) = &opts.packed {
+        b = b.with_prepacked_weights(&packed.0).map_err(|e| session_err(e.to_string()))?;
+    }
+    // NEFT_ORT_CONFIG=key=value[,key=value]: ONNX Runtime session settings, for
+    // diagnosis (e.g. session.disable_prepacking=1).
+    if let Ok(entries) = std::env::var("NEFT_ORT_CONFIG") {
+        for entry in entries.split(',').filter(|e| !e.is_empty()) {
+            let (key, value) = entry.split_once('=').ok_or_else(|| {
+                RuntimeError::Setting(format!("NEFT_ORT_CONFIG: '{entry}' is not key=value"))
+            })?;
+            b = b.with_config_entry(key, value).map_err(|e| session_err(e.to_string()))?;
+        }
     }
     // NEFT_ORT_PROFILE=PREFIX: ONNX Runtime writes a per-node timing profile
     // (PREFIX_<date>.json) when the session ends; for finding where time goes.
