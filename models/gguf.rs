@@ -17,6 +17,7 @@
 //! llama.cpp's converter permutes the rows of Llama's q and k projections for its RoPE
 //! layout; [`unpermute_qk`] undoes it and [`Gguf::llama_weight`] applies it where needed.
 
+use crate::precision::FloatFormat;
 use memmap2::Mmap;
 use std::collections::HashSet;
 use std::fs::File;
@@ -483,7 +484,7 @@ pub fn unpermute_qk(data: &[f32], out: usize, inp: usize, heads: usize) -> Vec<f
 }
 
 fn f16(b: &[u8]) -> f32 {
-    crate::onnx::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
+    crate::precision::f16_le([b[0], b[1]])
 }
 
 /// Dequantizes whole blocks of `ty`; None for types we do not decode. The layouts are
@@ -495,10 +496,9 @@ fn dequantize_bytes(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     let mut out = Vec::with_capacity(bytes.len() / block_bytes as usize * block as usize);
     let blocks = bytes.chunks_exact(block_bytes as usize);
     match ty {
-        GgmlType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        GgmlType::F16 => out.extend(blocks.map(f16)),
-        // bf16 is the top half of an f32.
-        GgmlType::BF16 => out.extend(blocks.map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))),
+        GgmlType::F32 => out.extend(FloatFormat::F32.decode(bytes)),
+        GgmlType::F16 => out.extend(FloatFormat::F16.decode(bytes)),
+        GgmlType::BF16 => out.extend(FloatFormat::BF16.decode(bytes)),
         GgmlType::Q8_0 => {
             for b in blocks {
                 let d = f16(b);

@@ -4,6 +4,7 @@ use super::external::ExternalData;
 use super::proto::tensor_proto::DataLocation;
 use super::proto::TensorProto;
 use super::{display, OnnxError};
+use crate::precision::FloatFormat;
 use bytes::Bytes;
 use std::path::Path;
 
@@ -107,57 +108,25 @@ pub fn embedded_i64(t: &TensorProto) -> Option<Vec<i64>> {
     (values.len() as u64 == numel(t)?).then_some(values)
 }
 
-/// Decodes little-endian bytes of a float tensor to f32.
-pub(crate) fn to_f32(tensor: &TensorProto, bytes: &[u8], path: &Path) -> Result<Vec<f32>, OnnxError> {
-    use DataType::*;
-    let dt = DataType::try_from(tensor.data_type()).unwrap_or(Undefined);
-    Ok(match dt {
-        Float => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        Double => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        Float16 => bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        Bfloat16 => {
-            bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
-        }
-        _ => {
-            return Err(bad(
-                tensor,
-                path,
-                format!("expected a floating-point tensor, found {}", dtype_name(tensor.data_type())),
-            ))
-        }
+/// The storage format of a floating-point ONNX element type; `None` for any other type.
+pub fn float_format(dtype: i32) -> Option<FloatFormat> {
+    Some(match DataType::try_from(dtype).ok()? {
+        DataType::Float => FloatFormat::F32,
+        DataType::Double => FloatFormat::F64,
+        DataType::Float16 => FloatFormat::F16,
+        DataType::Bfloat16 => FloatFormat::BF16,
+        _ => return None,
     })
 }
 
-/// IEEE half to single precision, exact for every input (subnormals, inf, NaN).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // Subnormal: value = f * 2^-24.
-            let v = f as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
-        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_conversion_matches_known_values() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert!(f16_to_f32(0x7e00).is_nan());
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+/// Decodes little-endian bytes of a float tensor to f32.
+pub(crate) fn to_f32(tensor: &TensorProto, bytes: &[u8], path: &Path) -> Result<Vec<f32>, OnnxError> {
+    match float_format(tensor.data_type()) {
+        Some(format) => Ok(format.decode(bytes)),
+        None => Err(bad(
+            tensor,
+            path,
+            format!("expected a floating-point tensor, found {}", dtype_name(tensor.data_type())),
+        )),
     }
 }
