@@ -1,4 +1,5 @@
-//! Compiles proto/onnx.proto with protox (pure Rust, no protoc needed) and prost-build.
+//! Compiles proto/onnx.proto (the official schema, unedited: see proto/README.md) with
+//! protox (pure Rust, no protoc needed) and prost-build.
 //! Bytes fields become `bytes::Bytes`, so tensor data decoded from a memory-mapped
 //! file are slices of that map rather than copies.
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,8 +7,9 @@
 //!
 //! Out: [`Gguf`]: metadata as typed [`Value`]s in file order, a [`TensorInfo`] per tensor,
 //! and, on request, a tensor's values dequantized to f32 ([`Gguf::dequantize`]) for
-//! F32, F16, BF16, Q8_0, Q4_0 and Q4_1 data. Other ggml types are parsed (their byte
-//! sizes are known) but refused by name when asked to dequantize.
+//! F32, F16, BF16, Q8_0, Q4_0 and Q4_1 data and the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+//! and Q8_K ([`super::kquants`]). Other ggml types (Q5_0, Q5_1, the IQ types, ...) are
+//! parsed (their byte sizes are known) but refused by name when asked to dequantize.
 //!
 //! Dimensions are listed the way GGUF stores them, innermost first (`ne[0]` is the
 //! contiguous axis): a PyTorch Linear weight `[out, in]` appears as GGUF dims
@@ -17,6 +18,8 @@
 //! llama.cpp's converter permutes the rows of Llama's q and k projections for its RoPE
 //! layout; [`unpermute_qk`] undoes it and [`Gguf::llama_weight`] applies it where needed.
 
+use super::kquants::{self, KQuant};
+use crate::precision::FloatFormat;
 use memmap2::Mmap;
 use std::collections::HashSet;
 use std::fs::File;
@@ -44,7 +47,8 @@ pub enum GgufError {
     Tensor { path: PathBuf, tensor: String, why: String },
     #[error(
         "{path}: tensor '{tensor}': ggml type {ggml_type} cannot be dequantized \
-         (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1); requantize the model, e.g. with llama-quantize"
+         (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K); \
+         requantize the model, e.g. with llama-quantize"
     )]
     Unsupported { path: PathBuf, tensor: String, ggml_type: GgmlType },
 }
@@ -180,6 +184,12 @@ impl GgmlType {
     pub const Q4_0: GgmlType = GgmlType(2);
     pub const Q4_1: GgmlType = GgmlType(3);
     pub const Q8_0: GgmlType = GgmlType(8);
+    pub const Q2_K: GgmlType = GgmlType(10);
+    pub const Q3_K: GgmlType = GgmlType(11);
+    pub const Q4_K: GgmlType = GgmlType(12);
+    pub const Q5_K: GgmlType = GgmlType(13);
+    pub const Q6_K: GgmlType = GgmlType(14);
+    pub const Q8_K: GgmlType = GgmlType(15);
     pub const BF16: GgmlType = GgmlType(30);
 
     /// (name, elements per block, bytes per block), as in ggml's type traits.
@@ -483,22 +493,21 @@ pub fn unpermute_qk(data: &[f32], out: usize, inp: usize, heads: usize) -> Vec<f
 }
 
 fn f16(b: &[u8]) -> f32 {
-    crate::onnx::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))
+    crate::precision::f16_le([b[0], b[1]])
 }
 
 /// Dequantizes whole blocks of `ty`; None for types we do not decode. The layouts are
 /// ggml's `block_q8_0`, `block_q4_0` and `block_q4_1`: an f16 scale (and for Q4_1 an f16
 /// minimum) followed by the quants; 4-bit quants keep elements 0..16 in the low nibbles
-/// and 16..32 in the high nibbles.
+/// and 16..32 in the high nibbles. K-quants are decoded by [`super::kquants`].
 fn dequantize_bytes(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
     let (_, block, block_bytes) = ty.traits()?;
     let mut out = Vec::with_capacity(bytes.len() / block_bytes as usize * block as usize);
     let blocks = bytes.chunks_exact(block_bytes as usize);
     match ty {
-        GgmlType::F32 => out.extend(blocks.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        GgmlType::F16 => out.extend(blocks.map(f16)),
-        // bf16 is the top half of an f32.
-        GgmlType::BF16 => out.extend(blocks.map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))),
+        GgmlType::F32 => out.extend(FloatFormat::F32.decode(bytes)),
+        GgmlType::F16 => out.extend(FloatFormat::F16.decode(bytes)),
+        GgmlType::BF16 => out.extend(FloatFormat::BF16.decode(bytes)),
         GgmlType::Q8_0 => {
             for b in blocks {
                 let d = f16(b);
@@ -521,6 +530,12 @@ fn dequantize_bytes(ty: GgmlType, bytes: &[u8]) -> Option<Vec<f32>> {
                 out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
             }
         }
+        GgmlType::Q2_K => kquants::dequantize(KQuant::Q2K, bytes, &mut out),
+        GgmlType::Q3_K => kquants::dequantize(KQuant::Q3K, bytes, &mut out),
+        GgmlType::Q4_K => kquants::dequantize(KQuant::Q4K, bytes, &mut out),
+        GgmlType::Q5_K => kquants::dequantize(KQuant::Q5K, bytes, &mut out),
+        GgmlType::Q6_K => kquants::dequantize(KQuant::Q6K, bytes, &mut out),
+        GgmlType::Q8_K => kquants::dequantize(KQuant::Q8K, bytes, &mut out),
         _ => return None,
     }
     Some(out)

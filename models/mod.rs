@@ -2,6 +2,7 @@
 //! readers they take weights from.
 
 pub mod gguf;
+pub mod kquants;
 pub mod llama;
 pub mod tokenizer;
 pub mod weights;

@@ -2,6 +2,7 @@
 //! converted to f32 on request.
 
 use super::llama::WeightSource;
+use crate::precision::FloatFormat;
 use anyhow::{bail, Context};
 use memmap2::Mmap;
 use std::path::{Path, PathBuf};
@@ -43,21 +44,15 @@ impl WeightSource for SafetensorsWeights {
             if view.shape() != shape {
                 bail!("{}: tensor '{name}' has shape {:?}, the config needs {shape:?}", path.display(), view.shape());
             }
-            let d = view.data();
-            return Ok(match view.dtype() {
-                safetensors::Dtype::F32 => {
-                    d.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+            return match FloatFormat::try_from(view.dtype()) {
+                Ok(format) => Ok(format.decode(view.data())),
+                Err(other) => {
+                    bail!(
+                        "{}: tensor '{name}' has type {other:?}; F32, F64, F16 and BF16 are supported",
+                        path.display()
+                    )
                 }
-                safetensors::Dtype::F16 => {
-                    d.chunks_exact(2).map(|c| crate::onnx::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
-                }
-                safetensors::Dtype::BF16 => {
-                    d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
-                }
-                other => {
-                    bail!("{}: tensor '{name}' has type {other:?}; F32, F16 and BF16 are supported", path.display())
-                }
-            });
+            };
         }
         bail!("no safetensors file has the tensor '{name}'")
     }

@@ -152,8 +152,9 @@ pub struct BuildModelArgs {
     /// A HuggingFace checkpoint folder: config.json and *.safetensors.
     #[arg(long, conflicts_with_all = ["config", "gguf"])]
     pub safetensors: Option<PathBuf>,
-    /// A llama.cpp GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors, dequantized to
-    /// f32); its tokenizer is written as tokenizer.json beside the model.
+    /// A llama.cpp GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1 and K-quant Q2_K..Q8_K
+    /// tensors, dequantized to f32); its tokenizer is written as tokenizer.json beside
+    /// the model.
     #[arg(long, conflicts_with = "config")]
     pub gguf: Option<PathBuf>,
     /// A HuggingFace config.json alone: random weights (for tests and benchmarks).

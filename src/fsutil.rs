@@ -11,8 +11,18 @@ pub fn temp_beside(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Writes `path` atomically with whatever `fill` writes.
+/// Creates the folder `path` goes in, and the folders above it, when missing: an output
+/// named `new/dir/model.onnx` is written there rather than refused.
+pub fn create_parent(path: &Path) -> io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => std::fs::create_dir_all(parent),
+        None => Ok(()),
+    }
+}
+
+/// Writes `path` atomically with whatever `fill` writes, creating its folder if needed.
 pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>) -> io::Result<()> {
+    create_parent(path)?;
     let tmp = temp_beside(path);
     let result = (|| {
         let mut w = io::BufWriter::new(File::create(&tmp)?);
@@ -35,9 +45,7 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Hard-links `src` to `dst` (creating `dst`'s folder), or copies it when the two are
 /// on different file systems: the way large weight files are shared, never duplicated.
 pub fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
-    if let Some(parent) = dst.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    create_parent(dst)?;
     if std::fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }

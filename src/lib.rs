@@ -18,6 +18,7 @@ pub mod models;
 pub mod onnx;
 pub mod optim;
 pub mod passes;
+pub mod precision;
 pub mod profile;
 pub mod runtime;
 pub mod select;

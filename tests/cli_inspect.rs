@@ -190,3 +190,18 @@ fn an_error_names_its_cause_once() {
     assert!(stderr.contains("no-such-model.onnx"), "{stderr}");
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
 }
+
+#[test]
+fn inspect_of_a_folder_without_a_plan_says_what_it_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not an artifact").unwrap();
+    for extra in [&[][..], &["--json"], &["--html", "page.html"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_neft")).arg("inspect").arg(dir.path()).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(err.contains("not a neft artifact folder (no plan.json)"), "{err}");
+        assert!(err.contains(".onnx model") && err.contains("neft compile"), "{err}");
+        assert!(!err.contains("No such file"), "{err}");
+    }
+}

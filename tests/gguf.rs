@@ -158,12 +158,68 @@ fn dequantizes_every_supported_block_type() {
     assert_eq!(q4_1, expect);
 }
 
+/// The K-quant fixture: for each type, random super-blocks (`<TYPE>.bytes`) and the
+/// values the `gguf` Python package decodes them to (`<TYPE>.values`; Q8_K from ggml's
+/// definition, which gguf lacks). Made by models/fixtures/kquants.py.
+const KQUANTS: &[(&str, GgmlType)] = &[
+    ("Q2_K", GgmlType::Q2_K),
+    ("Q3_K", GgmlType::Q3_K),
+    ("Q4_K", GgmlType::Q4_K),
+    ("Q5_K", GgmlType::Q5_K),
+    ("Q6_K", GgmlType::Q6_K),
+    ("Q8_K", GgmlType::Q8_K),
+];
+
+fn kquant_fixture() -> Vec<u8> {
+    std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/models/fixtures/kquants.safetensors")).unwrap()
+}
+
+#[test]
+fn k_quants_decode_bit_for_bit_like_the_gguf_package() {
+    let file = kquant_fixture();
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    for &(name, ty) in KQUANTS {
+        let bytes = st.tensor(&format!("{name}.bytes")).unwrap().data().to_vec();
+        let expect: Vec<f32> = st
+            .tensor(&format!("{name}.values"))
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        // Two rows of super-blocks, so the tensor is a real 2-D weight.
+        let g = open(&write_gguf(&[], &[tensor("w", &[expect.len() as u64 / 2, 2], ty, bytes)])).unwrap();
+        let got = dequant(&g, "w");
+        assert_eq!(got.len(), expect.len(), "{name}");
+        for (i, (a, b)) in got.iter().zip(&expect).enumerate() {
+            // The same f32 operations in the same order: equal bits, signed zeros included.
+            assert_eq!(a.to_bits(), b.to_bits(), "{name} value {i}: {a} instead of {b}");
+        }
+    }
+}
+
+#[test]
+fn k_quant_data_past_the_end_is_refused_with_its_tensor() {
+    let file = kquant_fixture();
+    let st = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let bytes = st.tensor("Q5_K.bytes").unwrap().data();
+    // One super-block fewer than the dims need: refused at open, naming the tensor.
+    let short = bytes[..bytes.len() - 176].to_vec();
+    let g = write_gguf(&[], &[tensor("blk.3.ffn_down.weight", &[256, 4], GgmlType::Q5_K, short)]);
+    let err = open_err(&g);
+    assert!(err.contains("blk.3.ffn_down.weight") && err.contains("past the end"), "{err}");
+    // A K-quant innermost dim must fill whole super-blocks.
+    let g = write_gguf(&[], &[tensor("w", &[128, 2], GgmlType::Q5_K, bytes[..176].to_vec())]);
+    assert!(open_err(&g).contains("multiple of the Q5_K block (256)"));
+}
+
 #[test]
 fn unsupported_type_is_named_with_its_tensor() {
-    // One Q4_K super-block: 256 elements in 144 bytes. Parsed, but not dequantized.
-    let g = open(&write_gguf(&[], &[tensor("blk.0.ffn_up.weight", &[256], GgmlType(12), vec![0; 144])])).unwrap();
+    // One IQ4_XS super-block: 256 elements in 136 bytes. Parsed, but not dequantized.
+    let g = open(&write_gguf(&[], &[tensor("blk.0.ffn_up.weight", &[256], GgmlType(23), vec![0; 136])])).unwrap();
     let err = g.dequantize(g.tensor("blk.0.ffn_up.weight").unwrap()).unwrap_err().to_string();
-    assert!(err.contains("Q4_K") && err.contains("blk.0.ffn_up.weight"), "{err}");
+    assert!(err.contains("IQ4_XS") && err.contains("blk.0.ffn_up.weight"), "{err}");
+    assert!(err.contains("Q4_K") && err.contains("Q8_K"), "the supported types are listed: {err}");
 }
 
 // ---------------------------------------------------------------------------

@@ -201,3 +201,19 @@ fn merging_onto_another_model_or_over_the_base_is_refused() {
     assert_eq!(junk.status.code(), Some(1));
     assert!(stderr(&junk).contains("junk.safetensors"), "{}", stderr(&junk));
 }
+
+#[test]
+fn export_and_merge_create_missing_output_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("train.jsonl"), &pattern_lines(8, 8, 8, 7));
+    compile_llama(dir, "art", &[("val_109", 1, vec![1, 2])], &[]);
+    neft_ok(&["train", "art", "--data", "train.jsonl", "--steps", "1", "--batch", "4"], dir);
+    neft_ok(&["export", "art", "--adapter", "ad/apt/a.safetensors", "--merged", "new/dir/model.onnx"], dir);
+    for f in ["ad/apt/a.safetensors", "new/dir/model.onnx", "new/dir/model.onnx.data"] {
+        assert!(dir.join(f).is_file(), "{f} was not written");
+    }
+    let base = llama_path();
+    neft_ok(&["merge", base.to_str().unwrap(), "ad/apt/a.safetensors", "-o", "other/m.onnx"], dir);
+    assert!(dir.join("other/m.onnx").is_file() && dir.join("other/m.onnx.data").is_file());
+}

@@ -180,6 +180,19 @@ impl Plan {
         }
         Ok(plan)
     }
+
+    /// The plan of the artifact folder `dir`, with an error that says what a folder
+    /// without `plan.json` is missing rather than only that a file is absent.
+    pub fn load_dir(dir: &Path) -> anyhow::Result<Plan> {
+        let path = dir.join("plan.json");
+        if dir.is_dir() && !path.exists() {
+            anyhow::bail!(
+                "{}: not a neft artifact folder (no plan.json); expected a folder written by `neft compile`",
+                dir.display()
+            );
+        }
+        Plan::load(&path)
+    }
 }
 
 /// The selection in one trained weight.

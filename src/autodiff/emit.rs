@@ -486,32 +486,22 @@ fn single_float(dtype: i32, raw: &[u8]) -> Option<f64> {
     }
 }
 
-/// Little-endian bytes of `values` as element type `dtype` (floating types only).
+/// Little-endian bytes of `values` as element type `dtype` (floating types only), each
+/// rounded to nearest even: a float16 `1/n` keeps its subnormal value instead of becoming 0.
 pub(crate) fn float_bytes(values: &[f64], dtype: i32) -> Option<Vec<u8>> {
-    Some(match DataType::try_from(dtype).ok()? {
-        DataType::Float => values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
-        DataType::Double => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-        DataType::Float16 => values.iter().flat_map(|&v| f32_to_f16(v as f32).to_le_bytes()).collect(),
-        DataType::Bfloat16 => {
-            values.iter().flat_map(|&v| (((v as f32).to_bits() >> 16) as u16).to_le_bytes()).collect()
-        }
-        _ => return None,
-    })
+    Some(crate::onnx::float_format(dtype)?.encode(values))
 }
 
-/// Single to half precision, rounding to nearest (constants only: no subnormal care needed
-/// beyond flushing to zero).
-fn f32_to_f16(v: f32) -> u16 {
-    let bits = v.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
-    let frac = bits & 0x7f_ffff;
-    if exp >= 31 {
-        sign | 0x7c00
-    } else if exp <= 0 {
-        sign
-    } else {
-        let h = sign as u32 | ((exp as u32) << 10) | (frac >> 13);
-        (h + ((frac >> 12) & 1)) as u16
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn float16_loss_scale_for_many_tokens_stays_nonzero() {
+        // The mean over 20,000 tokens scales the seed gradient by 1/20000, a float16 subnormal.
+        let raw = float_bytes(&[1.0 / 20_000.0], DataType::Float16 as i32).unwrap();
+        assert_eq!(u16::from_le_bytes([raw[0], raw[1]]), 0x0347); // 5.0e-5, nearest to 1/20000
+        let raw = float_bytes(&[f64::NAN], DataType::Bfloat16 as i32).unwrap();
+        assert!(crate::precision::FloatFormat::BF16.decode(&raw)[0].is_nan());
     }
 }

@@ -79,7 +79,14 @@ pub struct TrainingSummary {
 }
 
 pub fn summarize_artifacts(dir: &Path) -> anyhow::Result<ArtifactSummary> {
-    let plan = Plan::load(&dir.join("plan.json"))?;
+    if !dir.join("plan.json").exists() {
+        anyhow::bail!(
+            "{}: not a neft artifact folder (no plan.json); `neft inspect` expects an .onnx model \
+             or a folder written by `neft compile`",
+            dir.display()
+        );
+    }
+    let plan = Plan::load_dir(dir)?;
     let train = onnx::load(dir.join("train_step.onnx"))?;
     let eval = onnx::load(dir.join("eval.onnx"))?;
     let mut passes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();

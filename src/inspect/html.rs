@@ -87,7 +87,7 @@ fn figure(caption: &str, content: &str) -> String {
 /// before and after the rewrite, and what each pass added.
 pub fn artifact_html(dir: &Path, focus: &Focus) -> anyhow::Result<String> {
     let s = super::summarize_artifacts(dir)?;
-    let plan = Plan::load(&dir.join("plan.json"))?;
+    let plan = Plan::load_dir(&dir)?;
     let mut page = Page::new(format!("neft inspect: {}", s.dir));
     let mut facts = plan_facts(&s);
     facts.extend(size_facts(&s));

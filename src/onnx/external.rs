@@ -200,10 +200,11 @@ pub struct ExternalWriter {
 }
 
 impl ExternalWriter {
-    /// Starts `dir/location` (a plain file name).
+    /// Starts `dir/location` (a plain file name), creating `dir` if it is missing.
     pub fn create(dir: &Path, location: &str) -> Result<Self, OnnxError> {
         let path = dir.join(location);
         let tmp = crate::fsutil::temp_beside(&path);
+        crate::fsutil::create_parent(&path).map_err(|e| OnnxError::io(&path, e))?;
         let out = io::BufWriter::new(File::create(&tmp).map_err(|e| OnnxError::io(&tmp, e))?);
         Ok(ExternalWriter { location: location.to_string(), path, tmp, out, offset: 0 })
     }

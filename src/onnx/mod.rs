@@ -23,7 +23,7 @@ pub use error::OnnxError;
 pub use external::{ExternalData, ExternalWriter};
 pub use load::{decode, load, load_bytes};
 pub use save::{encode, save, PROTOBUF_LIMIT};
-pub use tensor::{dtype_name, dtype_size, element_count, embedded_i64, f16_to_f32, DataType};
+pub use tensor::{dtype_name, dtype_size, element_count, embedded_i64, float_format, DataType};
 pub use walk::for_each_tensor;
 
 use std::path::{Path, PathBuf};

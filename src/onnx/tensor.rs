@@ -4,6 +4,7 @@ use super::external::ExternalData;
 use super::proto::tensor_proto::DataLocation;
 use super::proto::TensorProto;
 use super::{display, OnnxError};
+use crate::precision::FloatFormat;
 use bytes::Bytes;
 use std::path::Path;
 
@@ -18,7 +19,7 @@ pub fn dtype_size(data_type: i32) -> Option<usize> {
         Uint16 | Int16 | Float16 | Bfloat16 => 2,
         Int64 | Uint64 | Double | Complex64 => 8,
         Complex128 => 16,
-        Undefined | String | Uint4 | Int4 | Float4e2m1 | Uint2 | Int2 => return None,
+        Undefined | String | Uint4 | Int4 | Float4e2m1 | Uint2 | Int2 | Float6e2m3 | Float6e3m2 => return None,
     })
 }
 
@@ -88,6 +89,10 @@ fn typed_bytes(t: &TensorProto) -> Result<Bytes, String> {
             t.int32_data.iter().map(|&v| v as u8).collect()
         }
         Uint4 | Int4 | Float4e2m1 | Uint2 | Int2 => t.int32_data.iter().map(|&v| v as u8).collect(),
+        // One 6-bit value per int32 here, but bit-packed in raw_data: not converted.
+        Float6e2m3 | Float6e3m2 => {
+            return Err(format!("{} values in int32_data are not converted to packed bytes", dt.as_str_name()))
+        }
         String => return Err("string tensors have no byte representation".into()),
         Undefined => return Err("data type is UNDEFINED".into()),
     };
@@ -107,43 +112,27 @@ pub fn embedded_i64(t: &TensorProto) -> Option<Vec<i64>> {
     (values.len() as u64 == numel(t)?).then_some(values)
 }
 
-/// Decodes little-endian bytes of a float tensor to f32.
-pub(crate) fn to_f32(tensor: &TensorProto, bytes: &[u8], path: &Path) -> Result<Vec<f32>, OnnxError> {
-    use DataType::*;
-    let dt = DataType::try_from(tensor.data_type()).unwrap_or(Undefined);
-    Ok(match dt {
-        Float => bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        Double => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        Float16 => bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-        Bfloat16 => {
-            bytes.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect()
-        }
-        _ => {
-            return Err(bad(
-                tensor,
-                path,
-                format!("expected a floating-point tensor, found {}", dtype_name(tensor.data_type())),
-            ))
-        }
+/// The storage format of a floating-point ONNX element type; `None` for any other type.
+pub fn float_format(dtype: i32) -> Option<FloatFormat> {
+    Some(match DataType::try_from(dtype).ok()? {
+        DataType::Float => FloatFormat::F32,
+        DataType::Double => FloatFormat::F64,
+        DataType::Float16 => FloatFormat::F16,
+        DataType::Bfloat16 => FloatFormat::BF16,
+        _ => return None,
     })
 }
 
-/// IEEE half to single precision, exact for every input (subnormals, inf, NaN).
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // Subnormal: value = f * 2^-24.
-            let v = f as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
-        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
+/// Decodes little-endian bytes of a float tensor to f32.
+pub(crate) fn to_f32(tensor: &TensorProto, bytes: &[u8], path: &Path) -> Result<Vec<f32>, OnnxError> {
+    match float_format(tensor.data_type()) {
+        Some(format) => Ok(format.decode(bytes)),
+        None => Err(bad(
+            tensor,
+            path,
+            format!("expected a floating-point tensor, found {}", dtype_name(tensor.data_type())),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -151,13 +140,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn f16_conversion_matches_known_values() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert!(f16_to_f32(0x7e00).is_nan());
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+    fn types_added_by_onnx_1_23_are_named_and_have_no_byte_size() {
+        // FLOAT6E2M3 and FLOAT6E3M2 came with the official onnx.proto of onnx 1.23.
+        assert_eq!((dtype_name(27), dtype_name(28)), ("FLOAT6E2M3".to_string(), "FLOAT6E3M2".to_string()));
+        assert_eq!((dtype_size(27), dtype_size(28)), (None, None), "6-bit values are bit-packed");
+        assert_eq!(dtype_name(29), "<unknown type 29>");
     }
 }

@@ -74,16 +74,10 @@ impl Reference {
 }
 
 fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> anyhow::Result<Vec<f32>> {
-    use safetensors::Dtype;
-    Ok(match dtype {
-        Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|b| crate::onnx::f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-        Dtype::BF16 => {
-            data.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect()
-        }
-        other => bail!("element type {other:?} is not a float type"),
-    })
+    match crate::precision::FloatFormat::try_from(dtype) {
+        Ok(format) => Ok(format.decode(data)),
+        Err(other) => bail!("element type {other:?} is not a float type"),
+    }
 }
 
 /// `1 - cos` per row of every member, keyed by (weight, axis).

@@ -148,7 +148,7 @@ pub struct ExportArgs {
 }
 
 pub fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
-    let plan = Plan::load(&args.dir.join("plan.json"))?;
+    let plan = Plan::load_dir(&args.dir)?;
     let state_path = args.state.clone().unwrap_or_else(|| checkpoint::checkpoint_path(&args.dir));
     let state = trained_state(&plan, &state_path)?;
     let adapter = Adapter::from_state(&plan, &state)?;

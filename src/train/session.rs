@@ -30,7 +30,7 @@ pub struct StepOutput {
 impl TrainSession {
     /// Opens `dir` with its own `state.safetensors`.
     pub fn open(dir: &Path, opts: &SessionOptions) -> anyhow::Result<TrainSession> {
-        let plan = Plan::load(&dir.join("plan.json"))?;
+        let plan = Plan::load_dir(&dir)?;
         let state = State::load(&dir.join("state.safetensors"))?;
         Self::with_state(dir, plan, state, opts)
     }
