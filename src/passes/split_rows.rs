@@ -9,12 +9,17 @@
 //! - Output neurons (columns of a MatMul weight, rows of a Gemm `transB` weight,
 //!   output channels of a Conv): the layer runs twice, on the frozen weight and on
 //!   `W.rows` alone, and the selected neurons' outputs replace the frozen ones:
-//!   `Y = Gather(Concat(Y_frozen, Y_selected), order)` along the neuron axis, with
-//!   `order` a constant `[out]` permutation. The weight gradient then is
-//!   `Xᵀ · dY[.., S]`, k/out of a full one, from the ordinary rules.
+//!   `Y = Y_frozen ⊙ keep + Y_selected · P` on a last axis (`keep` a 0/1 vector, `P`
+//!   the one-hot `[k, out]` placement: exact, and a product where ONNX Runtime would
+//!   gather or scatter element by element), `Gather(Concat(Y_frozen, Y_selected),
+//!   order)` over Conv channels. The weight gradient then is `Xᵀ · dY[.., S]`, k/out
+//!   of a full one, from the ordinary rules.
 //! - Input rows of a MatMul weight (the down projection's part of an MLP unit):
-//!   `Y = X·W + X[.., S] · (W.rows − W[S, :])`; `W[S, :]` is a constant gather that
-//!   ONNX Runtime folds once.
+//!   `Y = X·W + (X·Q) · (W.rows − W[S, :])`, `Q` the one-hot `[in, k]` pick of the
+//!   selected inputs; `W[S, :]` is a constant gather that ONNX Runtime folds once.
+//!
+//! The one-hot constants cost `k × out` floats per layer (51 MB for 6% of SmolLM2's
+//! MLP units), read-only beside the frozen weights.
 
 use super::{refuse, PassError};
 use crate::analyze::{Layer, LayerKind, WeightSource};
@@ -145,10 +150,14 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
     let idx = graph.const_i64s(&format!("{w}.selected"), &selected);
     let original = graph.add1("Gather", &[&w, &idx], vec![attr::int("axis", 0)], &format!("{w}.original_rows"))?;
     let delta = graph.add1("Sub", &[&rows_name, &original], vec![], &format!("{w}.delta"))?;
+    let pick = one_hot(&selected, layer.shape[0] as usize, true);
+    let pick = f32_constant(graph, &format!("{w}.pick"), &[layer.shape[0], selected.len() as i64], &pick)?;
     for node in users {
         let proto = graph.op(node).cloned().expect("a layer use is an op");
         let (x, y) = (proto.input[0].clone(), proto.output[0].clone());
-        let x_sel = graph.add1("Gather", &[&x, &idx], vec![attr::int("axis", -1)], &format!("{x}.selected"))?;
+        // X[.., S] as a product with a one-hot [in, k] matrix (exact), since ONNX
+        // Runtime gathers the last axis element by element.
+        let x_sel = graph.add1("MatMul", &[&x, &pick], vec![], &format!("{x}.selected"))?;
         let change = graph.add1("MatMul", &[&x_sel, &delta], vec![], &format!("{y}.change"))?;
         let frozen = graph.fresh_name(&format!("{y}.frozen"));
         graph.rename_value(&y, &frozen)?;
@@ -201,21 +210,55 @@ fn rewrite_use(
     let y_sel = graph.fresh_name(&format!("{y}.selected"));
     part.output = vec![y_sel.clone()];
     graph.add_op(part)?;
-    // order[j] = j for a frozen neuron, out + (its position in S) for a selected one.
-    let axis = if layer.kind == LayerKind::Conv { 1 } else { -1 };
-    let out = layer.shape[layer.axis];
-    let mut order: Vec<i64> = (0..out).collect();
-    for (pos, &j) in selected.iter().enumerate() {
-        order[j as usize] = out + pos as i64;
-    }
-    let order = graph.const_i64s(&format!("{}.order", layer.weight), &order);
     // The merged value takes over the name `y`, so graph outputs keep their names.
     let frozen = graph.fresh_name(&format!("{y}.frozen"));
     graph.rename_value(&y, &frozen)?;
-    let both = graph.add1("Concat", &[&frozen, &y_sel], vec![attr::int("axis", axis)], &format!("{y}.both"))?;
-    let gather = crate::onnx::make::node("Gather", &[&both, &order], &[&y], vec![attr::int("axis", axis)]);
-    let merged = graph.add_op(gather)?;
-    let concat = graph.producer(&both).expect("just made").0;
-    graph.replace_uses(&frozen, &y, &[merged, concat])?;
+    let out = layer.shape[layer.axis];
+    let w = &layer.weight;
+    let (merged, reads_frozen) = if layer.kind == LayerKind::Conv {
+        // Channels are whole feature maps: Gather moves them as blocks.
+        // order[j] = j for a frozen channel, out + (its position in S) for a selected one.
+        let mut order: Vec<i64> = (0..out).collect();
+        for (pos, &j) in selected.iter().enumerate() {
+            order[j as usize] = out + pos as i64;
+        }
+        let order = graph.const_i64s(&format!("{w}.order"), &order);
+        let both = graph.add1("Concat", &[&frozen, &y_sel], vec![attr::int("axis", 1)], &format!("{y}.both"))?;
+        let gather = make::node("Gather", &[&both, &order], &[&y], vec![attr::int("axis", 1)]);
+        (graph.add_op(gather)?, graph.producer(&both).expect("just made").0)
+    } else {
+        // The last axis: ONNX Runtime gathers or scatters it element by element, so
+        // the selected columns are placed by a product with a one-hot [k, out] matrix
+        // (exact: each output adds one value to zeros) and the frozen ones kept by a
+        // 0/1 mask.
+        let keep: Vec<f32> = (0..out).map(|j| if selected.contains(&j) { 0.0 } else { 1.0 }).collect();
+        let keep = f32_constant(graph, &format!("{w}.keep"), &[out], &keep)?;
+        let place = one_hot(selected, out as usize, false);
+        let place = f32_constant(graph, &format!("{w}.place"), &[selected.len() as i64, out], &place)?;
+        let kept = graph.add1("Mul", &[&frozen, &keep], vec![], &format!("{y}.kept"))?;
+        let placed = graph.add1("MatMul", &[&y_sel, &place], vec![], &format!("{y}.placed"))?;
+        let sum = graph.add_op(make::node("Add", &[&kept, &placed], &[&y], vec![]))?;
+        (sum, graph.producer(&kept).expect("just made").0)
+    };
+    graph.replace_uses(&frozen, &y, &[merged, reads_frozen])?;
     Ok(())
+}
+
+/// A new FLOAT initializer.
+fn f32_constant(graph: &mut Graph, hint: &str, dims: &[i64], values: &[f32]) -> Result<String, PassError> {
+    let name = graph.fresh_name(hint);
+    graph.add_initializer(make::tensor_f32(&name, dims, values))?;
+    Ok(name)
+}
+
+/// The one-hot matrix of `selected` among `n`: `[k, n]` with a 1 at (i, S_i), or its
+/// transpose `[n, k]`.
+fn one_hot(selected: &[i64], n: usize, transposed: bool) -> Vec<f32> {
+    let k = selected.len();
+    let mut m = vec![0.0f32; k * n];
+    for (i, &j) in selected.iter().enumerate() {
+        let at = if transposed { j as usize * k + i } else { i * n + j as usize };
+        m[at] = 1.0;
+    }
+    m
 }

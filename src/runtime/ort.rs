@@ -285,39 +285,26 @@ pub struct SessionOptions {
     /// Whether the model uses neft's own operators (`ai.neft`); only then does the
     /// session carry them.
     pub neft_ops: bool,
-    /// Weights packed for the CPU's matrix kernels, shared by the sessions given the
-    /// same one (a train step and its eval graph read the same frozen weights).
-    pub packed: Option<PackedWeights>,
+    /// ONNX Runtime's memory pattern off: planned from the first run, it reserves a
+    /// second set of activation buffers for the next runs (the train step's peak grew
+    /// by a third with it).
+    pub no_memory_pattern: bool,
+    /// No pre-packed copies of constant weights for the CPU's matrix kernels: the
+    /// weights are then read where they are mapped from disk. Packing makes products
+    /// faster and costs a copy of every weight; worth it for the train step, not for a
+    /// graph that runs now and then.
+    pub no_packing: bool,
 }
 
 impl SessionOptions {
-    /// These options with a store of packed weights, a new one unless they have one:
-    /// for the sessions of one model's graphs, which share its frozen weights.
-    pub fn sharing_packed_weights(&self) -> Result<SessionOptions, RuntimeError> {
-        let packed = match &self.packed {
-            Some(p) => p.clone(),
-            None => PackedWeights::new()?,
-        };
-        Ok(SessionOptions { packed: Some(packed), ..self.clone() })
+    /// The options for a train step: lean memory, packed weights.
+    pub fn for_train_step(&self) -> SessionOptions {
+        SessionOptions { no_memory_pattern: true, ..self.clone() }
     }
-}
 
-/// A store of ONNX Runtime's pre-packed weights that several sessions share: each
-/// constant weight is packed once, whichever session packs it first (ONNX Runtime
-/// keys them by content). Dropped with the last session holding it.
-#[derive(Clone)]
-pub struct PackedWeights(ort::session::builder::PrepackedWeights);
-
-impl PackedWeights {
-    pub fn new() -> Result<PackedWeights, RuntimeError> {
-        runtime()?;
-        Ok(PackedWeights(ort::session::builder::PrepackedWeights::new()))
-    }
-}
-
-impl std::fmt::Debug for PackedWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("PackedWeights")
+    /// The options for an eval graph beside a train step: lean memory, no packed copies.
+    pub fn for_eval(&self) -> SessionOptions {
+        SessionOptions { no_memory_pattern: true, no_packing: true, ..self.clone() }
     }
 }
 
@@ -380,16 +367,19 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
     if let Some(n) = opts.threads {
         b = b.with_intra_threads(n).map_err(|e| session_err(e.to_string()))?;
     }
-    if let Some(packed) = &opts.packed {
-        b = b.with_prepacked_weights(&packed.0).map_err(|e| session_err(e.to_string()))?;
+    if opts.no_memory_pattern {
+        b = b.with_memory_pattern(false).map_err(|e| session_err(e.to_string()))?;
+    }
+    if opts.no_packing {
+        b = b.with_config_entry("session.disable_prepacking", "1").map_err(|e| session_err(e.to_string()))?;
     }
     // NEFT_ORT_CONFIG=key=value[,key=value]: ONNX Runtime session settings, for
     // diagnosis (e.g. session.disable_prepacking=1).
     if let Ok(entries) = std::env::var("NEFT_ORT_CONFIG") {
         for entry in entries.split(',').filter(|e| !e.is_empty()) {
-            let (key, value) = entry.split_once('=').ok_or_else(|| {
-                RuntimeError::Setting(format!("NEFT_ORT_CONFIG: '{entry}' is not key=value"))
-            })?;
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| RuntimeError::Setting(format!("NEFT_ORT_CONFIG: '{entry}' is not key=value")))?;
             b = b.with_config_entry(key, value).map_err(|e| session_err(e.to_string()))?;
         }
     }

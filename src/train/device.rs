@@ -61,10 +61,8 @@ impl DeviceTrainer {
     /// against the plan first).
     pub fn new(dir: &Path, plan: Plan, state: &State, opts: &SessionOptions) -> anyhow::Result<DeviceTrainer> {
         check_state(&plan, state)?;
-        // Both graphs read the same frozen weights: packed once for both.
-        let opts = &opts.sharing_packed_weights()?;
-        let train = Session::from_file(&dir.join("train_step.onnx"), opts)?;
-        let eval = Session::from_file(&dir.join("eval.onnx"), opts)?;
+        let train = Session::from_file(&dir.join("train_step.onnx"), &opts.for_train_step())?;
+        let eval = Session::from_file(&dir.join("eval.onnx"), &opts.for_eval())?;
         let allocator = device_allocator(&train, opts.ep)?;
         let mut slots = Vec::with_capacity(plan.io.updates.len());
         for (input, output) in &plan.io.updates {

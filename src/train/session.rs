@@ -38,10 +38,8 @@ impl TrainSession {
     /// Opens `dir` with a given state (a checkpoint), checked against the plan.
     pub fn with_state(dir: &Path, plan: Plan, state: State, opts: &SessionOptions) -> anyhow::Result<TrainSession> {
         check_state(&plan, &state)?;
-        // Both graphs read the same frozen weights: packed once for both.
-        let opts = &opts.sharing_packed_weights()?;
-        let train = Session::from_file(&dir.join("train_step.onnx"), opts)?;
-        let eval = Session::from_file(&dir.join("eval.onnx"), opts)?;
+        let train = Session::from_file(&dir.join("train_step.onnx"), &opts.for_train_step())?;
+        let eval = Session::from_file(&dir.join("eval.onnx"), &opts.for_eval())?;
         Ok(TrainSession { dir: dir.to_path_buf(), plan, state, train, eval })
     }
 
