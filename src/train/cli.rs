@@ -52,6 +52,16 @@ pub struct TrainArgs {
     /// Learning rate [default: the checkpoint's, else the one given to neft compile].
     #[arg(long)]
     pub lr: Option<f32>,
+    /// Learning-rate schedule, as the Hugging Face Trainer's: constant, linear (decays to
+    /// 0 at the run's last step, --steps or --epochs) or cosine (half a cosine to 0 at the
+    /// last step) [default: constant, or the checkpoint's]. metrics.jsonl logs each
+    /// step's rate.
+    #[arg(long)]
+    pub schedule: Option<crate::train::schedule::ScheduleKind>,
+    /// Raise the learning rate linearly from 0 over the first N steps (the first step
+    /// runs at 0, as in transformers) [default: 0, or the checkpoint's].
+    #[arg(long)]
+    pub warmup: Option<u64>,
     /// A Hugging Face tokenizer.json, for {"text"} and {"prompt","completion"} data.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -77,6 +87,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         seq_len: args.seq_len,
         seed: args.seed,
         lr: args.lr,
+        schedule: args.schedule,
+        warmup: args.warmup,
         ep: args.ep,
         threads: args.threads,
         resume: args.resume,
@@ -101,8 +113,15 @@ fn print_summary(s: &Summary) {
     match s.status.as_str() {
         "up-to-date" => println!("already at step {} of {}: nothing to do", s.step, s.target_steps),
         status => println!(
-            "{status}: steps {}..{} of {} on {} ({} examples, batch {}, lr {:e})",
-            s.start_step, s.step, s.target_steps, s.ep, s.examples, s.batch, s.lr
+            "{status}: steps {}..{} of {} on {} ({} examples, batch {}, lr {:e}{})",
+            s.start_step,
+            s.step,
+            s.target_steps,
+            s.ep,
+            s.examples,
+            s.batch,
+            s.lr,
+            schedule_note(s)
         ),
     }
     if s.step > s.start_step {
@@ -122,6 +141,15 @@ fn print_summary(s: &Summary) {
         println!("  checkpoint {}", c.display());
     }
     println!("  metrics {}, plot {}", s.metrics.display(), s.plot.display());
+}
+
+/// `, cosine schedule, warmup 10` unless the schedule is constant without warmup.
+fn schedule_note(s: &Summary) -> String {
+    match (s.schedule, s.warmup) {
+        (crate::train::schedule::ScheduleKind::Constant, 0) => String::new(),
+        (kind, 0) => format!(", {kind} schedule"),
+        (kind, w) => format!(", {kind} schedule, warmup {w}"),
+    }
 }
 
 /// Options of `neft export`.
