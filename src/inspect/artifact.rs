@@ -45,6 +45,10 @@ pub struct LayerPlan {
     pub selected: usize,
     pub total: usize,
     pub trainable_params: u64,
+    /// `A` or `B` for a LoRA factor (whose shape is `shape`; `selected` is then 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::types::LoraPart>,
+    pub shape: Vec<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +118,8 @@ pub fn summarize_artifacts(dir: &Path) -> anyhow::Result<ArtifactSummary> {
             selected: p.rows.len(),
             total: p.source_rows,
             trainable_params: crate::onnx::element_count(&p.shape),
+            lora: p.lora.map(|f| f.part),
+            shape: p.shape.clone(),
         })
         .collect();
     // Block 2 before block 10 (the plan lists tensors by name).
@@ -209,8 +215,12 @@ pub(super) fn size_facts(s: &ArtifactSummary) -> Facts {
 pub(super) fn tensor_table(s: &ArtifactSummary) -> Table {
     let mut t = Table::new(&["role", "weight", ">axis", ">rows", ">params"]);
     for l in &s.layers {
-        let rows = format!("{}/{}", l.selected, l.total);
-        t.row(vec![l.role.clone(), l.weight.clone(), l.axis.to_string(), rows, l.trainable_params.to_string()]);
+        let (weight, axis, rows) = match l.lora {
+            // A LoRA factor is no rows of its weight: show its own name and shape.
+            Some(_) => (l.tensor.clone(), "-".into(), format!("{}×{}", l.shape[0], l.shape[1])),
+            None => (l.weight.clone(), l.axis.to_string(), format!("{}/{}", l.selected, l.total)),
+        };
+        t.row(vec![l.role.clone(), weight, axis, rows, l.trainable_params.to_string()]);
     }
     t
 }

@@ -1,0 +1,168 @@
+//! `neft compile --mode lora` on the tiny PyTorch Llama: PEFT's parameter count, the
+//! base model at step 0, a loss that falls, frozen weights that stay frozen, and the
+//! first SGD step on `B` moving the loss as its gradient says.
+
+mod train_support;
+
+use neft::artifact::{Plan, State, StateTensor};
+use neft::runtime::ort::{HostTensor, Session, SessionOptions};
+use std::path::{Path, PathBuf};
+use train_support::*;
+
+fn opts() -> SessionOptions {
+    SessionOptions { threads: Some(1), ..Default::default() }
+}
+
+/// Compiles the tiny Llama in LoRA mode into `dir/out`: no --data, no --neurons.
+fn compile_lora(dir: &Path, out: &str, flags: &[&str]) -> PathBuf {
+    let model = llama_path();
+    let mut args = vec!["compile", model.to_str().unwrap(), "-o", out, "--mode", "lora"];
+    args.extend_from_slice(flags);
+    neft_ok(&args, dir);
+    dir.join(out)
+}
+
+fn host(t: &StateTensor) -> HostTensor {
+    match t {
+        StateTensor::F32 { shape, data } => HostTensor::f32(shape, data.clone()),
+        StateTensor::I64 { shape, data } => HostTensor::i64(shape, data.clone()),
+    }
+}
+
+/// `output` of `model` fed `inputs`, flattened.
+fn run(model: &Path, inputs: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
+    let mut s = Session::from_file(model, &opts()).unwrap();
+    let outs = s.run(inputs).unwrap();
+    let (_, v) = outs.into_iter().find(|(n, _)| n == output).unwrap();
+    v.as_f32().unwrap().iter().copied().collect()
+}
+
+/// The eval graph's `output` with the parameters of `state`.
+fn eval_output(art: &Path, state: &State, data: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
+    let plan = Plan::load(&art.join("plan.json")).unwrap();
+    let mut feed = data.to_vec();
+    for p in &plan.params {
+        feed.push((p.name.as_str(), host(&state.tensors[&p.name])));
+    }
+    run(&art.join("eval.onnx"), &feed, output)
+}
+
+fn f32s<'a>(state: &'a State, name: &str) -> &'a [f32] {
+    match &state.tensors[name] {
+        StateTensor::F32 { data, .. } => data,
+        _ => panic!("{name} is not FLOAT"),
+    }
+}
+
+/// PEFT's count: r·(in + out) per adapted layer, `in`/`out` read off the model's own
+/// MatMul weights `[in, out]`. The tiny Llama's gated MLP is 32 → 64 → 32 in 2 blocks:
+/// 2 × 3 × r × (32 + 64) = 576·r.
+#[test]
+fn the_trainable_parameter_count_is_rank_times_in_plus_out_per_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = neft::onnx::load(llama_path()).unwrap();
+    let graph = neft::ir::Graph::from_proto(model.graph()).unwrap();
+    let layers = neft::analyze::find_layers(&graph);
+    for (targets, rank) in [("mlp", 3usize), ("attn", 2), ("all", 5)] {
+        let art = compile_lora(dir, targets, &["--rank", &rank.to_string(), "--targets", targets]);
+        let plan = Plan::load(&art.join("plan.json")).unwrap();
+        let adapted: Vec<&neft::analyze::Layer> =
+            layers.iter().filter(|l| plan.params.iter().any(|p| p.source == l.weight)).collect();
+        let want: u64 = adapted.iter().map(|l| rank as u64 * (l.shape[0] + l.shape[1]) as u64).sum();
+        assert_eq!(plan.counts.trainable_params, want, "--targets {targets} --rank {rank}");
+        assert_eq!(plan.params.len(), 2 * adapted.len());
+        assert_eq!(plan.mode, "lora");
+        assert_eq!(plan.lora.map(|l| (l.rank, l.alpha)), Some((rank, rank as f32)), "alpha defaults to the rank");
+        if targets == "mlp" {
+            assert_eq!(want, 576 * rank as u64);
+            assert!(adapted.iter().all(|l| l.role.contains("mlp.")));
+        }
+    }
+    // The same count at SmolLM2-135M's size (576 → 1536 → 576, 30 blocks, r = 25).
+    assert_eq!(30 * 25 * (576 + 1536) * 3, 4_752_000);
+}
+
+/// Before the first step B is zero: the eval graph computes the base model's logits.
+/// Eight AdamW steps lower the loss; only A, B and their moments change.
+#[test]
+fn lora_starts_at_the_base_model_and_eight_steps_lower_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("train.jsonl"), &pattern_lines(32, 16, 8, 1));
+    write_lines(&dir.join("eval.jsonl"), &pattern_lines(8, 16, 8, 2));
+    let art = compile_lora(dir, "art", &["--rank", "4", "--alpha", "8", "--targets", "mlp", "--lr", "1e-2"]);
+    let plan = Plan::load(&art.join("plan.json")).unwrap();
+    assert_eq!(plan.counts.trainable_params, 4 * 576);
+
+    let initial = load_state(&art.join("state.safetensors"));
+    let data = random_lm_batch(7, 2, 12);
+    let base = run(&llama_path(), &data[..1], "logits");
+    let step0 = eval_output(&art, &initial, &data, "logits");
+    let worst = base.iter().zip(&step0).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-6, "step-0 logits differ from the base model's by {worst}");
+    assert!(base == step0, "X·W + (X·A)·0 is X·W bit for bit");
+
+    let o = neft_ok(
+        &["train", "art", "--data", "train.jsonl", "--eval", "eval.jsonl", "--steps", "8", "--batch", "4", "--json"],
+        dir,
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let log = metrics(&art);
+    let first = log[0]["loss"].as_f64().unwrap();
+    let last = log[7]["loss"].as_f64().unwrap();
+    assert!(last < first - 0.05, "training loss {first} -> {last}");
+    let eval_start = summary["eval_loss_start"].as_f64().unwrap();
+    let eval_end = summary["eval_loss"].as_f64().unwrap();
+    eprintln!("LoRA r=4 on the MLP: train loss {first:.4} -> {last:.4}, eval loss {eval_start:.4} -> {eval_end:.4}");
+    let trained = load_state(&art.join("checkpoint.safetensors"));
+    assert!(eval_end < eval_start - 0.05, "eval loss {eval_start} -> {eval_end}");
+
+    // Only the factors (and their moments) are state; every B moved off zero, and the
+    // frozen weights stay initializers of both graphs, never outputs.
+    for p in &plan.params {
+        assert!(p.name.ends_with(".lora_A") || p.name.ends_with(".lora_B"), "{}", p.name);
+        let (before, after) = (f32s(&initial, &p.name), f32s(&trained, &p.name));
+        assert!(before != after, "{} did not train", p.name);
+    }
+    assert!(trained.tensors.keys().all(|k| k == "step" || k.contains(".lora_")), "{:?}", trained.tensors.keys());
+    let train_step = neft::onnx::load(art.join("train_step.onnx")).unwrap();
+    let g = train_step.graph();
+    for p in &plan.params {
+        assert!(g.initializer.iter().any(|t| t.name() == p.source), "'{}' is a frozen initializer", p.source);
+        assert!(g.output.iter().all(|o| !o.name().starts_with(&format!("{}.new", p.source))));
+    }
+}
+
+/// With B = 0 the gradient of A is exactly zero, so one SGD step moves only B, by
+/// −η·∂L/∂B; to first order the loss then falls by η‖∂L/∂B‖², the step's squared
+/// gradient norm. Checked with η chosen so that the fall is about 1e-3.
+#[test]
+fn one_sgd_step_on_b_from_zero_lowers_the_loss_by_eta_times_the_squared_gradient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let art = compile_lora(dir, "art", &["--rank", "4", "--alpha", "16", "--optimizer", "sgd", "--targets", "all"]);
+    let batch = random_lm_batch(11, 2, 12);
+    let probe = neft::train::TrainSession::open(&art, &opts()).unwrap().step(&batch, 1.0).unwrap();
+    let g2 = (probe.grad_norm as f64).powi(2);
+    assert!(g2 > 0.0);
+    let eta = 1e-3 / g2;
+
+    let mut s = neft::train::TrainSession::open(&art, &opts()).unwrap();
+    let a_before: Vec<(String, Vec<f32>)> = s
+        .plan
+        .params
+        .iter()
+        .filter(|p| p.name.ends_with("lora_A"))
+        .map(|p| (p.name.clone(), f32s(&s.state, &p.name).to_vec()))
+        .collect();
+    let out = s.step(&batch, eta as f32).unwrap();
+    let after = s.eval(&batch).unwrap() as f64;
+    for (name, before) in &a_before {
+        assert!(f32s(&s.state, name) == before.as_slice(), "{name} moved although ∂L/∂A = 0 at B = 0");
+    }
+    let fall = out.loss as f64 - after;
+    let predicted = eta * g2;
+    eprintln!("one SGD step on B: loss fell by {fall:.6e}, η‖g‖² = {predicted:.6e}, ratio {:.4}", fall / predicted);
+    assert!((fall / predicted - 1.0).abs() < 0.01, "loss fell by {fall}, first order predicts {predicted}");
+}
