@@ -166,3 +166,64 @@ fn one_sgd_step_on_b_from_zero_lowers_the_loss_by_eta_times_the_squared_gradient
     eprintln!("one SGD step on B: loss fell by {fall:.6e}, η‖g‖² = {predicted:.6e}, ratio {:.4}", fall / predicted);
     assert!((fall / predicted - 1.0).abs() < 0.01, "loss fell by {fall}, first order predicts {predicted}");
 }
+
+/// Largest |a − b| / (1 + |a|) over two outputs of the same shape.
+fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs() / (1.0 + x.abs())).fold(0f32, f32::max)
+}
+
+/// `neft export --merged` folds A·B·(alpha/r) into each MatMul weight `[in, out]`: the
+/// merged model's logits are the eval graph's with the trained factors. A neft adapter
+/// (rows) of a LoRA artifact is refused with what to do instead.
+#[test]
+fn a_merged_lora_llama_computes_the_eval_graph_s_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("train.jsonl"), &pattern_lines(16, 12, 8, 5));
+    let art = compile_lora(dir, "art", &["--rank", "4", "--alpha", "8", "--targets", "all", "--lr", "5e-2"]);
+    neft_ok(&["train", "art", "--data", "train.jsonl", "--steps", "6", "--batch", "4", "--threads", "1"], dir);
+    neft_ok(&["export", "art", "--merged", "merged.onnx"], dir);
+    let o = neft(&["export", "art", "--adapter", "a.safetensors"], dir);
+    assert!(!o.status.success() && stderr(&o).contains("--merged"), "{}", stderr(&o));
+
+    let state = load_state(&art.join("checkpoint.safetensors"));
+    let data = random_lm_batch(5, 2, 9);
+    let merged = run(&dir.join("merged.onnx"), &data[..1], "logits");
+    let base = run(&llama_path(), &data[..1], "logits");
+    assert!(worst_relative(&base, &merged) > 1e-3, "the merge changed nothing");
+    let worst = worst_relative(&eval_output(&art, &state, &data, "logits"), &merged);
+    eprintln!("merged LoRA llama vs eval graph: worst |Δlogit|/(1+|logit|) = {worst:.2e}");
+    assert!(worst <= 1e-5, "merged vs eval logits differ by {worst}");
+}
+
+/// The same for Gemm weights stored `[out, in]` (`transB=1`, PyTorch's Linear): the
+/// merge adds the update transposed.
+#[test]
+fn a_merged_lora_gemm_model_computes_the_eval_graph_s_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = repo("models/fixtures/mlp_loss.onnx");
+    let art = dir.join("art");
+    neft_ok(
+        &["compile", model.to_str().unwrap(), "-o", "art", "--mode", "lora", "--rank", "3", "--targets", "all"],
+        dir,
+    );
+    let plan = Plan::load(&art.join("plan.json")).unwrap();
+    assert!(plan.params.iter().all(|p| p.lora.is_some_and(|f| f.transposed)), "PyTorch Linear: Gemm transB=1");
+    let mut session = neft::train::TrainSession::open(&art, &opts()).unwrap();
+    let x: Vec<f32> = (0..4 * 16).map(|k| ((k * 7) % 11) as f32 * 0.1 - 0.5).collect();
+    let batch = [("x", HostTensor::f32(&[4, 16], x)), ("target", HostTensor::i64(&[4], vec![1, 3, 5, 7]))];
+    let first = session.step(&batch, 0.1).unwrap().loss;
+    for _ in 0..4 {
+        session.step(&batch, 0.1).unwrap();
+    }
+    assert!(session.eval(&batch).unwrap() < first);
+    session.state.save(&dir.join("trained.safetensors")).unwrap();
+    neft_ok(&["export", "art", "--state", "trained.safetensors", "--merged", "m.onnx"], dir);
+    let merged = run(&dir.join("m.onnx"), &batch, "logits");
+    let worst = worst_relative(&eval_output(&art, &session.state, &batch, "logits"), &merged);
+    eprintln!("merged LoRA Gemm MLP vs eval graph: worst |Δlogit|/(1+|logit|) = {worst:.2e}");
+    assert!(worst <= 1e-5, "merged vs eval logits differ by {worst}");
+    assert!(worst_relative(&run(&model, &batch, "logits"), &merged) > 1e-4, "the merge changed nothing");
+}
