@@ -167,6 +167,67 @@ fn one_sgd_step_on_b_from_zero_lowers_the_loss_by_eta_times_the_squared_gradient
     assert!((fall / predicted - 1.0).abs() < 0.01, "loss fell by {fall}, first order predicts {predicted}");
 }
 
+/// Once B is off zero, A has a gradient too. The train step's gradients of A and of B
+/// (read off an SGD step: ΔP = −lr·∂L/∂P) each predict, to first order, how far the
+/// eval loss falls when only that factor moves by −ε·∂L/∂P: by ε‖∂L/∂P‖². A finite
+/// difference per factor, independent of the other.
+#[test]
+fn after_b_moves_the_gradients_of_a_and_b_match_finite_differences_of_the_loss() {
+    use neft::train::TrainSession;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let art = compile_lora(dir, "art", &["--rank", "4", "--alpha", "16", "--optimizer", "sgd", "--targets", "all"]);
+    let batch = random_lm_batch(11, 2, 12);
+    let mut s = TrainSession::open(&art, &opts()).unwrap();
+    for _ in 0..3 {
+        // Steps that lower the loss by about 0.1 each move B well off zero.
+        let g = s.step(&batch, 0.0).unwrap().grad_norm as f64;
+        s.step(&batch, (0.1 / (g * g)) as f32).unwrap();
+    }
+    let (plan, moved) = (s.plan.clone(), s.state.clone());
+    let reopen = |state: &State| TrainSession::with_state(&art, plan.clone(), state.clone(), &opts()).unwrap();
+    let mut probe = reopen(&moved);
+    let base_loss = probe.eval(&batch).unwrap() as f64;
+    let g = probe.step(&batch, 0.0).unwrap().grad_norm as f64;
+    // lr = 1/‖g‖: every parameter moves by at most 1, far above f32 rounding.
+    let lr = 1.0 / g;
+    let mut stepped = reopen(&moved);
+    stepped.step(&batch, lr as f32).unwrap();
+    let mut total = 0.0;
+    for suffix in ["lora_A", "lora_B"] {
+        let params: Vec<&str> =
+            plan.params.iter().filter(|p| p.name.ends_with(suffix)).map(|p| p.name.as_str()).collect();
+        let grads: Vec<Vec<f64>> = params
+            .iter()
+            .map(|n| {
+                f32s(&moved, n).iter().zip(f32s(&stepped.state, n)).map(|(x, y)| (*x as f64 - *y as f64) / lr).collect()
+            })
+            .collect();
+        let norm2: f64 = grads.iter().flatten().map(|v| v * v).sum();
+        let eps = 1e-3 / norm2;
+        let mut shifted = moved.clone();
+        for (n, grad) in params.iter().zip(&grads) {
+            let Some(StateTensor::F32 { data, .. }) = shifted.tensors.get_mut(*n) else { panic!("{n}") };
+            for (v, g) in data.iter_mut().zip(grad) {
+                *v = (*v as f64 - eps * g) as f32;
+            }
+        }
+        total += norm2;
+        let fall = base_loss - reopen(&shifted).eval(&batch).unwrap() as f64;
+        let predicted = eps * norm2;
+        eprintln!(
+            "{suffix}: ‖g‖² = {norm2:.4e} ({:.1}% of the step's), loss fell by {fall:.5e} for a predicted {predicted:.5e}, ratio {:.4}",
+            100.0 * norm2 / (g * g),
+            fall / predicted
+        );
+        assert!(
+            (fall / predicted - 1.0).abs() < 0.02,
+            "{suffix}: loss fell by {fall}, first order predicts {predicted}"
+        );
+    }
+    assert!((total / (g * g) - 1.0).abs() < 1e-3, "the step's gradient norm is A's and B's together");
+}
+
 /// Largest |a − b| / (1 + |a|) over two outputs of the same shape.
 fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
