@@ -79,8 +79,37 @@ fn the_trainable_parameter_count_is_rank_times_in_plus_out_per_layer() {
             assert!(adapted.iter().all(|l| l.role.contains("mlp.")));
         }
     }
-    // The same count at SmolLM2-135M's size (576 → 1536 → 576, 30 blocks, r = 25).
-    assert_eq!(30 * 25 * (576 + 1536) * 3, 4_752_000);
+}
+
+/// PEFT's r = 25 on SmolLM2-135M's gate/up/down: 30 × 25 × (576 + 1536) × 3 = 4,752,000.
+/// Built here at SmolLM2's widths (hidden 576, MLP 1536, 9 heads, 3 KV heads) with two
+/// of its 30 blocks and a small vocabulary: 25 × 2112 × 3 = 158,400 per block.
+#[test]
+fn rank_25_on_smollm2_s_mlp_widths_gives_peft_s_count_per_block() {
+    use neft::models::llama::{build_llama, LlamaConfig, RandomWeights};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = LlamaConfig {
+        vocab_size: 64,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 2,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        rope_theta: 100000.0,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    let model = build_llama(&cfg, &mut RandomWeights::new(1), &dir.join("smol")).unwrap();
+    let model = model.to_str().unwrap();
+    neft_ok(&["compile", model, "-o", "art", "--mode", "lora", "--rank", "25", "--targets", "mlp"], dir);
+    let plan = Plan::load(&dir.join("art/plan.json")).unwrap();
+    let per_block = 25 * (576 + 1536) * 3;
+    assert_eq!(per_block, 158_400);
+    assert_eq!(plan.counts.trainable_params, 2 * per_block);
+    assert_eq!(30 * per_block, 4_752_000);
 }
 
 /// Before the first step B is zero: the eval graph computes the base model's logits.
