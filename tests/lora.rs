@@ -81,6 +81,36 @@ fn the_trainable_parameter_count_is_rank_times_in_plus_out_per_layer() {
     }
 }
 
+/// A neurons file names the layers to adapt (its rows are ignored); a Conv kernel is
+/// refused by name, and --rank outside --mode lora or --mode lora without it too.
+#[test]
+fn a_neurons_file_names_the_layers_and_conv_kernels_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_neurons(&dir.join("n.json"), &[("val_244", 1, vec![3]), ("val_381", 0, vec![1, 2])]);
+    let art = compile_lora(dir, "art", &["--rank", "2", "--neurons", "n.json"]);
+    let plan = Plan::load(&art.join("plan.json")).unwrap();
+    let names: Vec<&str> = plan.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["val_244.lora_A", "val_244.lora_B", "val_381.lora_A", "val_381.lora_B"]);
+    assert_eq!(plan.counts.trainable_params, 2 * 2 * (32 + 64));
+
+    let conv = repo("models/fixtures/convnet.onnx");
+    let conv = conv.to_str().unwrap();
+    let o = neft(&["compile", conv, "-o", "c", "--mode", "lora", "--rank", "2", "--targets", "all"], dir);
+    assert!(
+        !o.status.success() && stderr(&o).contains("conv1.weight") && stderr(&o).contains("Conv"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("c").exists(), "a refused compile leaves nothing");
+    let model = llama_path();
+    let model = model.to_str().unwrap();
+    let o = neft(&["compile", model, "-o", "c", "--mode", "lora"], dir);
+    assert!(!o.status.success() && stderr(&o).contains("--rank"), "{}", stderr(&o));
+    let o = neft(&["compile", model, "-o", "c", "--rank", "4", "--neurons", "n.json"], dir);
+    assert!(!o.status.success() && stderr(&o).contains("--mode lora"), "{}", stderr(&o));
+}
+
 /// PEFT's r = 25 on SmolLM2-135M's gate/up/down: 30 × 25 × (576 + 1536) × 3 = 4,752,000.
 /// Built here at SmolLM2's widths (hidden 576, MLP 1536, 9 heads, 3 KV heads) with two
 /// of its 30 blocks and a small vocabulary: 25 × 2112 × 3 = 158,400 per block.
