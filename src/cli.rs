@@ -149,11 +149,18 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
         "  mode {}{rank}, loss '{}' ({}), optimizer {}",
         plan.mode, plan.loss.loss, plan.loss.kind, plan.optimizer
     );
+    // LoRA adapts whole layers: their count says more than their neurons.
+    let what = match plan.lora {
+        Some(_) => format!("layers adapted {}", plan.neurons.layers.len()),
+        None => format!(
+            "neurons {} of {} ({:.2}%)",
+            c.neurons_selected,
+            c.neurons_total,
+            100.0 * c.neurons_selected as f64 / c.neurons_total.max(1) as f64
+        ),
+    };
     println!(
-        "  neurons {} of {} ({:.2}%), trainable parameters {} of {} ({:.2}%)",
-        c.neurons_selected,
-        c.neurons_total,
-        100.0 * c.neurons_selected as f64 / c.neurons_total.max(1) as f64,
+        "  {what}, trainable parameters {} of {} ({:.2}%)",
         c.trainable_params,
         c.model_params,
         100.0 * c.trainable_params as f64 / c.model_params.max(1) as f64

@@ -153,6 +153,14 @@ fn lora_starts_at_the_base_model_and_eight_steps_lower_the_loss() {
     let art = compile_lora(dir, "art", &["--rank", "4", "--alpha", "8", "--targets", "mlp", "--lr", "1e-2"]);
     let plan = Plan::load(&art.join("plan.json")).unwrap();
     assert_eq!(plan.counts.trainable_params, 4 * 576);
+    // `neft inspect` shows the adapters as a pass and each factor with its shape.
+    let shown = stdout(&neft_ok(&["inspect", "art"], dir));
+    for want in ["6 adapted by LoRA", "val_244.lora_A", "32×4", "lora "] {
+        assert!(shown.contains(want), "inspect should show {want:?}:\n{shown}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&stdout(&neft_ok(&["inspect", "art", "--json"], dir))).unwrap();
+    let added = &json["passes"]["lora"];
+    assert_eq!((added["MatMul"].as_u64(), added["Mul"].as_u64(), added["Add"].as_u64()), (Some(12), Some(6), Some(6)));
 
     let initial = load_state(&art.join("state.safetensors"));
     let data = random_lm_batch(7, 2, 12);

@@ -185,11 +185,21 @@ pub(super) fn plan_facts(s: &ArtifactSummary) -> Facts {
 pub(super) fn size_facts(s: &ArtifactSummary) -> Facts {
     let z = &s.sizes;
     let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
+    // A LoRA artifact adapts whole layers: two factors each, no neurons.
+    let lora_layers = s.layers.iter().filter(|l| l.lora == Some(crate::types::LoraPart::A)).count();
     vec![
-        (
-            "neurons",
-            format!("{} of {} ({:.2}%)", z.neurons_selected, z.neurons_total, pct(z.neurons_selected, z.neurons_total)),
-        ),
+        match lora_layers {
+            0 => (
+                "neurons",
+                format!(
+                    "{} of {} ({:.2}%)",
+                    z.neurons_selected,
+                    z.neurons_total,
+                    pct(z.neurons_selected, z.neurons_total)
+                ),
+            ),
+            n => ("layers", format!("{n} adapted by LoRA")),
+        },
         (
             "parameters",
             format!(
