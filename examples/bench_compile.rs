@@ -60,6 +60,7 @@ fn main() {
             lr: 1e-4,
             clip: Some(1.0),
             targets: None,
+            lora: None,
         };
         let plan = neft::compile::compile(&m, &set, &opts, out).unwrap();
         println!(

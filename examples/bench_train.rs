@@ -243,6 +243,7 @@ fn main() {
             lr: 1e-4,
             clip: None,
             targets: None,
+            lora: None,
         };
         let t = Instant::now();
         let plan = compile(&model, &c.neurons, &opts, &dir).unwrap();

@@ -2,7 +2,7 @@
 
 use crate::compile::{compile, CompileOptions};
 use crate::optim::Optimizer;
-use crate::types::{LossSpec, Mode, NeuronSet, Unit};
+use crate::types::{LoraOptions, LossSpec, Mode, NeuronSet, Unit};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -50,9 +50,18 @@ pub struct CompileArgs {
     #[command(flatten)]
     pub selection: crate::select::cli::SelectionArgs,
     /// split: only selected rows are parameters; mask: whole weights with 0/1 masks (the
-    /// paper's way); full: whole weights of the listed layers, rows ignored (baseline).
+    /// paper's way); full: whole weights of the listed layers, rows ignored (baseline);
+    /// lora: the --targets layers (or those --neurons names) stay frozen and each gains
+    /// a low-rank update X·A·B·(alpha/rank), needing --rank and no data (baseline).
     #[arg(long, default_value = "split")]
     pub mode: Mode,
+    /// LoRA rank r (--mode lora): A is [in, r], B is [r, out]; r·(in+out) parameters
+    /// per layer. A starts as PEFT's (uniform on ±1/√in, seeded by --seed), B at zero.
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// LoRA alpha: the update is scaled by alpha/rank [default: the rank, a scale of 1].
+    #[arg(long, requires = "rank")]
+    pub alpha: Option<f32>,
     /// neuron: each row on its own; mlp-unit: a gated-MLP unit selects its gate and up
     /// columns and its down row together (the paper's choice).
     #[arg(long, default_value = "neuron")]
@@ -83,8 +92,18 @@ pub struct CompileArgs {
 
 pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
     let model = crate::onnx::load(&args.model)?;
+    let lora = match (args.mode, args.rank) {
+        (Mode::Lora, None) => anyhow::bail!("--mode lora needs --rank R (PEFT's r, e.g. 8)"),
+        (Mode::Lora, Some(rank)) => {
+            Some(LoraOptions { rank, alpha: args.alpha.unwrap_or(rank as f32), seed: args.selection.seed })
+        }
+        (mode, Some(_)) => anyhow::bail!("--rank is for --mode lora, not --mode {}", mode.name()),
+        (_, None) => None,
+    };
     let (neurons, selection) = match &args.neurons {
         Some(path) => (NeuronSet::load(path)?, None),
+        // LoRA adapts whole layers: no data to profile, nothing to select.
+        None if lora.is_some() => (whole_layers(&model, &args.selection.targets)?, None),
         None => {
             let sel = crate::select::cli::select_for_compile(&model, &args.selection, args.unit, &args.loss)?;
             (sel.neurons.clone(), Some(sel))
@@ -105,6 +124,7 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
         lr: args.lr,
         clip: args.clip,
         targets: selection.as_ref().map(|s| s.shares.iter().filter(|l| l.targeted).map(|l| l.weight.clone()).collect()),
+        lora,
     };
     let t0 = std::time::Instant::now();
     let plan = compile(&model, &neurons, &opts, &args.out)?;
@@ -124,12 +144,23 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
     }
     let c = &plan.counts;
     println!("wrote {} in {:.1} s", args.out.display(), t0.elapsed().as_secs_f64());
-    println!("  mode {}, loss '{}' ({}), optimizer {}", plan.mode, plan.loss.loss, plan.loss.kind, plan.optimizer);
+    let rank = plan.lora.map_or(String::new(), |l| format!(" (rank {}, alpha {})", l.rank, l.alpha));
     println!(
-        "  neurons {} of {} ({:.2}%), trainable parameters {} of {} ({:.2}%)",
-        c.neurons_selected,
-        c.neurons_total,
-        100.0 * c.neurons_selected as f64 / c.neurons_total.max(1) as f64,
+        "  mode {}{rank}, loss '{}' ({}), optimizer {}",
+        plan.mode, plan.loss.loss, plan.loss.kind, plan.optimizer
+    );
+    // LoRA adapts whole layers: their count says more than their neurons.
+    let what = match plan.lora {
+        Some(_) => format!("layers adapted {}", plan.neurons.layers.len()),
+        None => format!(
+            "neurons {} of {} ({:.2}%)",
+            c.neurons_selected,
+            c.neurons_total,
+            100.0 * c.neurons_selected as f64 / c.neurons_total.max(1) as f64
+        ),
+    };
+    println!(
+        "  {what}, trainable parameters {} of {} ({:.2}%)",
         c.trainable_params,
         c.model_params,
         100.0 * c.trainable_params as f64 / c.model_params.max(1) as f64
@@ -138,6 +169,24 @@ pub fn run_compile(args: &CompileArgs) -> anyhow::Result<()> {
     println!("  nodes: train step {}, eval {}", c.train_nodes, c.eval_nodes);
     println!("  data inputs: {}", plan.data_inputs.join(", "));
     Ok(())
+}
+
+/// Every row of every layer `targets` picks: the layers `--mode lora` adapts when no
+/// `--neurons` file names them.
+fn whole_layers(model: &crate::onnx::Model, targets: &crate::select::Targets) -> anyhow::Result<NeuronSet> {
+    let graph = crate::ir::Graph::from_proto(model.graph())?;
+    let weights = crate::select::targeted_weights(model, targets, Unit::Neuron)?;
+    let mut set = NeuronSet::new();
+    for l in crate::analyze::find_layers(&graph).into_iter().filter(|l| weights.contains(&l.weight)) {
+        set.layers.insert(l.weight, crate::types::LayerNeurons { axis: l.axis, rows: (0..l.neurons).collect() });
+    }
+    if set.layers.is_empty() {
+        anyhow::bail!(
+            "{}: --targets {targets} matches no trainable layer (see the roles in `neft inspect`)",
+            model.display_path()
+        );
+    }
+    Ok(set)
 }
 
 /// Options of `neft build-model`.

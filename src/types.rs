@@ -17,6 +17,55 @@ pub enum Mode {
     /// Whole weights of the selected layers train, rows ignored: full fine-tuning of
     /// those matrices, the baseline NeFT is measured against.
     Full,
+    /// Whole weights of the selected layers stay frozen; each gains a trainable
+    /// low-rank update `X·A·B·(alpha/rank)` (LoRA, the other baseline).
+    Lora,
+}
+
+impl Mode {
+    /// The name `--mode` takes and `plan.json` records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Split => "split",
+            Mode::Mask => "mask",
+            Mode::Full => "full",
+            Mode::Lora => "lora",
+        }
+    }
+}
+
+/// LoRA's shape (`--rank`, `--alpha`) and the seed of its `A` matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoraOptions {
+    pub rank: usize,
+    pub alpha: f32,
+    pub seed: u64,
+}
+
+impl LoraOptions {
+    /// The factor the update is scaled by, PEFT's `scaling`.
+    pub fn scale(&self) -> f32 {
+        self.alpha / self.rank as f32
+    }
+}
+
+/// Which factor of a LoRA update a parameter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoraPart {
+    /// `[in, rank]`, random at the start.
+    A,
+    /// `[rank, out]`, zero at the start: the first step starts from the base model.
+    B,
+}
+
+/// A parameter that is one factor of the update `ΔW = A·B·scale` of the weight
+/// `source`, with `A`, `B` in the `X·W` orientation; `transposed`: the weight is stored
+/// `[out, in]` (a Gemm with `transB=1`), so it changes by `ΔWᵀ`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LoraFactor {
+    pub part: LoraPart,
+    pub scale: f32,
+    pub transposed: bool,
 }
 
 /// What one selected row stands for (`--unit`).
@@ -46,7 +95,8 @@ impl std::str::FromStr for Mode {
             "split" => Ok(Mode::Split),
             "mask" => Ok(Mode::Mask),
             "full" => Ok(Mode::Full),
-            _ => Err(format!("unknown mode '{s}': use split, mask or full")),
+            "lora" => Ok(Mode::Lora),
+            _ => Err(format!("unknown mode '{s}': use split, mask, full or lora")),
         }
     }
 }
@@ -135,4 +185,8 @@ pub struct Trainable {
     /// Rows of the source along `axis` (selected or not), for reports.
     #[serde(default)]
     pub source_rows: usize,
+    /// LoRA mode: the factor this parameter is (its `rows` are then empty: the value
+    /// starts from the pass's initialisation, not from the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraFactor>,
 }

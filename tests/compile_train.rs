@@ -46,6 +46,7 @@ fn options(mode: Mode, unit: Unit) -> CompileOptions {
         lr: 1e-2,
         clip: Some(1.0),
         targets: None,
+        lora: None,
     }
 }
 

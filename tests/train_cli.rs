@@ -76,6 +76,51 @@ fn ten_steps_equal_five_steps_then_a_resume_of_five_bit_for_bit() {
     assert_same_bits(&resumed, &load_state(&out.join("checkpoint.safetensors")), "after a no-op resume");
 }
 
+/// `--schedule linear --warmup 2` over 6 steps at 1e-2, by the `transformers` formula
+/// λ(s) = s/2 for s < 2, else (6 − s)/4, s = steps done before: 0, 0.5, 1, 0.75, 0.5,
+/// 0.25. Logged per step, and a resume mid-schedule gives the same bits.
+#[test]
+fn a_linear_schedule_with_warmup_is_logged_per_step_and_resumes_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    data(dir);
+    let out = compile_llama(dir, "art", &some_neurons(), &["--lr", "1e-2"]);
+    let sched = ["--schedule", "linear", "--warmup", "2"];
+    let straight = train(dir, "art", &[&["--steps", "6", "--json"][..], &sched].concat());
+    assert!(straight.status.success(), "{}", stderr(&straight));
+    let whole = load_state(&out.join("checkpoint.safetensors"));
+    let lrs: Vec<f64> = metrics(&out).iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    let want = [0.0, 5e-3, 1e-2, 7.5e-3, 5e-3, 2.5e-3];
+    assert_eq!(lrs.len(), want.len());
+    for (got, want) in lrs.iter().zip(want) {
+        assert!((got - want).abs() <= 1e-9, "lr per step {lrs:?}, want {want:?}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&straight)).unwrap();
+    assert_eq!((summary["schedule"].as_str(), summary["warmup"].as_u64()), (Some("linear"), Some(2)));
+    assert_eq!(summary["lr"].as_f64().unwrap() as f32, 1e-2);
+
+    // Interrupted after 3 steps (the checkpoint records the schedule), then resumed
+    // without repeating the flags.
+    let first = train(dir, "art", &[&["--steps", "6", "--checkpoint-every", "3"][..], &sched].concat());
+    assert!(first.status.success(), "{}", stderr(&first));
+    let log = metrics(&out);
+    std::fs::copy(out.join("checkpoint.prev.safetensors"), out.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(step_of(&load_state(&out.join("checkpoint.safetensors"))), 3);
+    let second = train(dir, "art", &["--steps", "6", "--resume"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_same_bits(&whole, &load_state(&out.join("checkpoint.safetensors")), "6 steps vs 3 + resume + 3");
+    let resumed: Vec<f64> = metrics(&out).iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    assert_eq!(resumed, lrs);
+    assert_eq!(log.len(), 6);
+
+    // Another schedule or another total would not continue the same curve.
+    let o = train(dir, "art", &["--steps", "6", "--resume", "--schedule", "cosine"]);
+    assert!(!o.status.success() && stderr(&o).contains("--schedule cosine"), "{}", stderr(&o));
+    std::fs::copy(out.join("checkpoint.prev.safetensors"), out.join("checkpoint.safetensors")).unwrap();
+    let o = train(dir, "art", &["--steps", "9", "--resume"]);
+    assert!(!o.status.success() && stderr(&o).contains("spans 6 steps"), "{}", stderr(&o));
+}
+
 #[test]
 fn corrupted_and_foreign_checkpoints_and_changed_settings_are_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -37,6 +37,7 @@ fn same_bits_over_steps(mode: Mode, optimizer: Optimizer) {
         lr: 1e-2,
         clip: Some(1.0),
         targets: None,
+        lora: None,
     };
     compile(&model, &neurons(), &opts, &dir).unwrap();
     let session = SessionOptions { threads: Some(1), ..Default::default() };

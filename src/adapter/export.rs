@@ -9,6 +9,12 @@ impl Adapter {
     /// The adapter of `state` (trained under `plan`). Split-mode parameters are the rows
     /// already; whole tensors (mask and full modes) are cut to the plan's rows.
     pub fn from_state(plan: &Plan, state: &State) -> anyhow::Result<Adapter> {
+        if plan.lora.is_some() {
+            bail!(
+                "a LoRA artifact trains low-rank factors, not rows: it has no neft adapter; \
+                 write the merged model with `neft export OUT --merged MERGED.onnx`"
+            );
+        }
         let mut tensors: Vec<AdapterTensor> = vec![];
         for p in &plan.params {
             if tensors.iter().any(|t| t.source == p.source) {

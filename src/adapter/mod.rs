@@ -9,9 +9,12 @@
 //! `S.values` (FLOAT: those rows, the source's shape with `k` on that axis). Metadata:
 //! `format` (`neft.adapter/1`), `base_sha256` and `base_path` (the model trained
 //! from), `plan` (the plan hash), `mode`, `step`, and `axes` (JSON: source → axis).
-//! Whole trainable tensors (mask and full modes) are cut down to the selected rows.
+//! Whole trainable tensors (mask and full modes) are cut down to the selected rows. A
+//! LoRA state has no rows of its own: it is folded into whole weights ([`lora`]) and
+//! only merges (`neft export --merged`).
 
 mod export;
+mod lora;
 mod merge;
 
 pub use merge::{merge, MergeReport};

@@ -55,8 +55,11 @@ pub struct Plan {
     pub format: String,
     pub tool_version: String,
     pub source: SourceInfo,
-    /// `split` or `mask`.
+    /// `split`, `mask`, `full` or `lora`.
     pub mode: String,
+    /// Rank, alpha and seed of a `lora` plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::types::LoraOptions>,
     pub loss: LossInfo,
     pub optimizer: Optimizer,
     pub lr: f32,

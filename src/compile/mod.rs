@@ -12,9 +12,10 @@ use crate::onnx::make::value_info_unshaped;
 use crate::onnx::{DataType, Model};
 use crate::optim::{self, Optimizer, OptimizerIo, Param};
 use crate::passes::append_loss::append_loss;
+use crate::passes::lora::lora;
 use crate::passes::mask_params::{self, mask_params};
 use crate::passes::split_rows::split_rows;
-use crate::types::{LossInfo, LossSpec, NeuronSet, Trainable};
+use crate::types::{LoraOptions, LossInfo, LossSpec, NeuronSet, Trainable};
 pub use crate::types::{Mode, Unit};
 use anyhow::{bail, Context};
 use std::path::Path;
@@ -31,6 +32,8 @@ pub struct CompileOptions {
     /// The weights the neurons were selected from, recorded in the plan for the heat
     /// map; `None`: the layers of every module the neuron set trains.
     pub targets: Option<std::collections::BTreeSet<String>>,
+    /// Rank, alpha and seed of `--mode lora` (required there, ignored otherwise).
+    pub lora: Option<LoraOptions>,
 }
 
 /// Compiles `model` for training `neurons` and writes the artifacts to `out`.
@@ -60,7 +63,8 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
     };
     let full_rows;
     let neurons = match opts.mode {
-        Mode::Full => {
+        // LoRA adapts whole layers: the set only names them.
+        Mode::Full | Mode::Lora => {
             full_rows = all_rows(neurons, &layers);
             &full_rows
         }
@@ -88,7 +92,8 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
             None => String::new(),
         };
     }
-    let (mut state, zeros) = initial_state(model, &inits, &params, &opts.optimizer)?;
+    let seed = opts.lora.map_or(0, |l| l.seed);
+    let (mut state, zeros) = initial_state(model, &inits, &params, &opts.optimizer, seed)?;
     let counts = counts(model, &layers, &params, &zeros, neurons, &train, &eval);
     let mut full_inputs = data_inputs.clone();
     full_inputs.extend(loss.labels.iter().cloned());
@@ -96,11 +101,8 @@ pub fn compile(model: &Model, neurons: &NeuronSet, opts: &CompileOptions, out: &
         format: PLAN_FORMAT.into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         source: source_info(model)?,
-        mode: match opts.mode {
-            Mode::Split => "split".into(),
-            Mode::Mask => "mask".into(),
-            Mode::Full => "full".into(),
-        },
+        mode: opts.mode.name().into(),
+        lora: opts.lora.filter(|_| opts.mode == Mode::Lora),
         loss,
         optimizer: opts.optimizer,
         lr: opts.lr,
@@ -167,6 +169,10 @@ fn build(
             }
             graph.eliminate_dead_initializers();
             p
+        }
+        Mode::Lora => {
+            let options = opts.lora.context("--mode lora needs --rank")?;
+            lora(&mut graph, layers, neurons, &options)?
         }
     };
     let eval = eval_graph(&graph, &loss, &model_outputs)?;
@@ -293,13 +299,15 @@ fn graph_initializers(model: &Model) -> std::collections::HashMap<&str, &crate::
 /// Optimizer moments, all zero at the start: written straight to the file, never held.
 type ZeroTensors = Vec<(String, Vec<usize>)>;
 
-/// Trainable tensors start from the source weights (the selected rows in split mode);
+/// Trainable tensors start from the source weights (the selected rows in split mode;
+/// LoRA factors from their own initialisation);
 /// optimizer moments start at zero; `step` counts updates made.
 fn initial_state(
     model: &Model,
     inits: &std::collections::HashMap<&str, &crate::onnx::proto::TensorProto>,
     params: &[Trainable],
     opt: &Optimizer,
+    lora_seed: u64,
 ) -> anyhow::Result<(State, ZeroTensors)> {
     let mut state = State::default();
     let mut zeros = vec![];
@@ -307,8 +315,11 @@ fn initial_state(
         let src = inits.get(p.source.as_str()).with_context(|| format!("initializer '{}' not found", p.source))?;
         // Only the selected rows are decoded: the rest of a frozen weight is never held
         // in memory.
-        let data =
-            if p.name == p.source { model.tensor_f32(src)? } else { model.tensor_rows_f32(src, p.axis, &p.rows)? };
+        let data = match crate::passes::lora::initial_value(p, lora_seed) {
+            Some(v) => v,
+            None if p.name == p.source => model.tensor_f32(src)?,
+            None => model.tensor_rows_f32(src, p.axis, &p.rows)?,
+        };
         let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
         zeros.extend(opt.state_suffixes().iter().map(|suffix| (format!("{}{suffix}", p.name), shape.clone())));
         state.tensors.insert(p.name.clone(), StateTensor::F32 { shape, data });

@@ -45,6 +45,10 @@ pub struct LayerPlan {
     pub selected: usize,
     pub total: usize,
     pub trainable_params: u64,
+    /// `A` or `B` for a LoRA factor (whose shape is `shape`; `selected` is then 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::types::LoraPart>,
+    pub shape: Vec<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +118,8 @@ pub fn summarize_artifacts(dir: &Path) -> anyhow::Result<ArtifactSummary> {
             selected: p.rows.len(),
             total: p.source_rows,
             trainable_params: crate::onnx::element_count(&p.shape),
+            lora: p.lora.map(|f| f.part),
+            shape: p.shape.clone(),
         })
         .collect();
     // Block 2 before block 10 (the plan lists tensors by name).
@@ -179,11 +185,21 @@ pub(super) fn plan_facts(s: &ArtifactSummary) -> Facts {
 pub(super) fn size_facts(s: &ArtifactSummary) -> Facts {
     let z = &s.sizes;
     let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
+    // A LoRA artifact adapts whole layers: two factors each, no neurons.
+    let lora_layers = s.layers.iter().filter(|l| l.lora == Some(crate::types::LoraPart::A)).count();
     vec![
-        (
-            "neurons",
-            format!("{} of {} ({:.2}%)", z.neurons_selected, z.neurons_total, pct(z.neurons_selected, z.neurons_total)),
-        ),
+        match lora_layers {
+            0 => (
+                "neurons",
+                format!(
+                    "{} of {} ({:.2}%)",
+                    z.neurons_selected,
+                    z.neurons_total,
+                    pct(z.neurons_selected, z.neurons_total)
+                ),
+            ),
+            n => ("layers", format!("{n} adapted by LoRA")),
+        },
         (
             "parameters",
             format!(
@@ -209,8 +225,12 @@ pub(super) fn size_facts(s: &ArtifactSummary) -> Facts {
 pub(super) fn tensor_table(s: &ArtifactSummary) -> Table {
     let mut t = Table::new(&["role", "weight", ">axis", ">rows", ">params"]);
     for l in &s.layers {
-        let rows = format!("{}/{}", l.selected, l.total);
-        t.row(vec![l.role.clone(), l.weight.clone(), l.axis.to_string(), rows, l.trainable_params.to_string()]);
+        let (weight, axis, rows) = match l.lora {
+            // A LoRA factor is no rows of its weight: show its own name and shape.
+            Some(_) => (l.tensor.clone(), "-".into(), format!("{}×{}", l.shape[0], l.shape[1])),
+            None => (l.weight.clone(), l.axis.to_string(), format!("{}/{}", l.selected, l.total)),
+        };
+        t.row(vec![l.role.clone(), weight, axis, rows, l.trainable_params.to_string()]);
     }
     t
 }

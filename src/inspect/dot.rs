@@ -20,7 +20,7 @@ pub(super) fn pass_colour(pass: Option<&str>) -> &'static str {
         Some("autodiff") => "#fde2c8",
         Some("optimizer") => "#e1d5f5",
         Some("loss") => "#fbd3d9",
-        Some("split_rows") | Some("mask_params") => "#c8ecd4",
+        Some("split_rows") | Some("mask_params") | Some("lora") => "#c8ecd4",
         Some(_) => "#d6e6f7",
     }
 }

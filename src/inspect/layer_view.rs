@@ -224,7 +224,7 @@ pub enum Key {
 fn key(look: Look) -> Key {
     match look {
         Look::Op(None) => Key::ModelOp,
-        Look::Op(Some("split_rows" | "mask_params")) => Key::SplitRows,
+        Look::Op(Some("split_rows" | "mask_params" | "lora")) => Key::SplitRows,
         Look::Op(Some("loss")) => Key::Loss,
         Look::Op(Some("autodiff")) => Key::Backward,
         Look::Op(Some("optimizer")) => Key::Optimizer,
@@ -245,7 +245,7 @@ pub fn legend_html(keys: &BTreeSet<Key>, selected: &str) -> String {
         .iter()
         .map(|k| match k {
             Key::ModelOp => swatch(format!("background:{}", pass_colour(None)), "model op"),
-            Key::SplitRows => swatch(pass("split_rows"), "split rows / masks"),
+            Key::SplitRows => swatch(pass("split_rows"), "split rows / masks / LoRA"),
             Key::Loss => swatch(pass("loss"), "loss"),
             Key::Backward => swatch(pass("autodiff"), "backward (autodiff)"),
             Key::Optimizer => swatch(pass("optimizer"), "optimizer"),

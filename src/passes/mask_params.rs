@@ -102,5 +102,6 @@ fn add_mask(graph: &mut Graph, name: &str, shape: &[i64], axis: usize, rows: &[u
         mask: Some(mask),
         role: String::new(),
         source_rows: 0,
+        lora: None,
     })
 }

@@ -1,10 +1,11 @@
 //! Graph rewrites, one per file, each labelling the nodes it adds (`neft.pass`
 //! metadata) so `neft inspect` can say which pass did what.
 //!
-//! Order in `neft-compile`: [`append_loss`] → [`split_rows`] (or [`mask_params`]) →
-//! autodiff → optimizer → dead-node elimination.
+//! Order in `neft-compile`: [`append_loss`] → [`split_rows`] (or [`mask_params`], or
+//! [`lora`]) → autodiff → optimizer → dead-node elimination.
 
 pub mod append_loss;
+pub mod lora;
 pub mod mask_params;
 pub mod split_rows;
 
@@ -43,4 +44,45 @@ pub(crate) fn selected_layers<'a>(
             Ok((layer, sel))
         })
         .collect()
+}
+
+/// Checks that `layer`'s weight can be rewritten by `pass`: an initializer, FLOAT,
+/// read only as the weight input (input 1) of nodes whose op is in `ops`, which it
+/// returns.
+pub(crate) fn weight_uses(
+    pass: &'static str,
+    graph: &crate::ir::Graph,
+    layer: &crate::analyze::Layer,
+    ops: &[&str],
+) -> Result<Vec<crate::ir::NodeIndex>, PassError> {
+    use crate::onnx::DataType;
+    let w = &layer.weight;
+    if layer.source != crate::analyze::WeightSource::Initializer {
+        return Err(refuse(
+            pass,
+            format!("weight '{w}' is made by a {:?} node; only initializer weights can be rewritten", layer.source),
+        ));
+    }
+    let dtype = graph.initializer(w).map(|t| t.data_type()).unwrap_or_default();
+    if dtype != DataType::Float as i32 {
+        return Err(refuse(
+            pass,
+            format!("weight '{w}' is {}; only FLOAT weights can be trained", crate::onnx::dtype_name(dtype)),
+        ));
+    }
+    let users = graph.consumers(w);
+    for (node, slot) in &users {
+        let op = graph.op(*node).map(|n| n.op_type()).unwrap_or_default();
+        if slot != &Some(1) || !ops.contains(&op) {
+            return Err(refuse(
+                pass,
+                format!(
+                    "weight '{w}' is also read by {} (input {slot:?}); only {} weight inputs can be rewritten",
+                    graph.describe(*node),
+                    ops.join("/")
+                ),
+            ));
+        }
+    }
+    Ok(users.into_iter().map(|(n, _)| n).collect())
 }

@@ -22,7 +22,7 @@
 //! MLP units), read-only beside the frozen weights.
 
 use super::{refuse, PassError};
-use crate::analyze::{Layer, LayerKind, WeightSource};
+use crate::analyze::{Layer, LayerKind};
 use crate::ir::{attr, Graph, NodeIndex};
 use crate::onnx::make::{self, DimSpec};
 use crate::onnx::DataType;
@@ -46,36 +46,9 @@ pub fn split_rows(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> R
     Ok(out)
 }
 
-/// Checks that the weight can be split: an initializer, FLOAT, read only as the weight
-/// input of MatMul/Gemm/Conv nodes, which it returns.
-fn splittable_uses(graph: &Graph, layer: &Layer) -> Result<Vec<NodeIndex>, PassError> {
-    let w = &layer.weight;
-    if layer.source != WeightSource::Initializer {
-        return Err(refuse(
-            PASS,
-            format!("weight '{w}' is made by a {:?} node; only initializer weights can be split", layer.source),
-        ));
-    }
-    let dtype = graph.initializer(w).map(|t| t.data_type()).unwrap_or_default();
-    if dtype != DataType::Float as i32 {
-        return Err(refuse(
-            PASS,
-            format!("weight '{w}' is {}; only FLOAT weights can be trained", crate::onnx::dtype_name(dtype)),
-        ));
-    }
-    let users = graph.consumers(w);
-    for (node, slot) in &users {
-        let op = graph.op(*node).map(|n| n.op_type()).unwrap_or_default();
-        if slot != &Some(1) || !matches!(op, "MatMul" | "Gemm" | "Conv") {
-            return Err(refuse(PASS, format!("weight '{w}' is also read by {} (input {slot:?}); only MatMul/Gemm/Conv weight inputs can be split", graph.describe(*node))));
-        }
-    }
-    Ok(users.into_iter().map(|(n, _)| n).collect())
-}
-
 fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<Trainable>, PassError> {
     let w = &layer.weight;
-    let users = splittable_uses(graph, layer)?;
+    let users = super::weight_uses(PASS, graph, layer, &["MatMul", "Gemm", "Conv"])?;
     let k = rows.len() as i64;
     let mut shape = layer.shape.clone();
     shape[layer.axis] = k;
@@ -91,6 +64,7 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
         mask: None,
         role: String::new(),
         source_rows: 0,
+        lora: None,
     }];
 
     let bias_rows = match &layer.bias {
@@ -106,6 +80,7 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
                 mask: None,
                 role: String::new(),
                 source_rows: 0,
+                lora: None,
             });
             Some(name)
         }
@@ -140,7 +115,7 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
 /// part of an MLP unit): each use `Y = X·W` gains `X[.., S] · (W.rows − W[S, :])`.
 fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Trainable, PassError> {
     let w = layer.weight.clone();
-    let users = splittable_uses(graph, layer)?;
+    let users = super::weight_uses(PASS, graph, layer, &["MatMul", "Gemm", "Conv"])?;
     let mut shape = layer.shape.clone();
     shape[0] = rows.len() as i64;
     let rows_name = format!("{w}.rows");
@@ -173,6 +148,7 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
         mask: None,
         role: String::new(),
         source_rows: 0,
+        lora: None,
     })
 }
 

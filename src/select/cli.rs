@@ -39,7 +39,7 @@ pub struct SelectionArgs {
     /// The activation statistic: mean (as |mean|), mean-abs, mean-sq, frac-pos or max-abs.
     #[arg(long, default_value = "mean-abs")]
     pub statistic: Statistic,
-    /// Seed of the random strategy.
+    /// Seed of the random strategy, and of the A matrices of `neft compile --mode lora`.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]

@@ -1,6 +1,7 @@
 //! Checkpoints: `OUT/checkpoint.safetensors`, the state after some steps plus what an
 //! exact resume needs (plan hash, step, seed, batch size, sequence length, learning
-//! rate, data hash, time and tokens so far) in the safetensors metadata.
+//! rate and its schedule, data hash, time and tokens so far) in the safetensors
+//! metadata.
 //!
 //! The compile-time `OUT/state.safetensors` is never written: it stays the starting
 //! point of a fresh run. A checkpoint is written atomically and only when every value
@@ -8,6 +9,7 @@
 //! is only known to be good once a step ran on it with a finite loss, so when the step
 //! right after a checkpoint diverges, [`roll_back`] puts the previous one back.
 
+use super::schedule::ScheduleKind;
 use super::session::check_state;
 use crate::artifact::{Plan, State, StateTensor};
 use anyhow::{bail, Context};
@@ -30,7 +32,13 @@ pub struct Progress {
     pub seed: u64,
     pub batch: usize,
     pub seq_len: usize,
+    /// The base learning rate (the schedule scales it per step).
     pub lr: f32,
+    /// The learning-rate schedule, its warmup and the total steps it spans
+    /// (checkpoints written before schedules existed read as constant, 0, 0).
+    pub schedule: ScheduleKind,
+    pub warmup: u64,
+    pub schedule_steps: u64,
     /// Short SHA-256 of the training data file.
     pub data: String,
     /// Training time and loss tokens so far, over every run that led here.
@@ -38,7 +46,8 @@ pub struct Progress {
     pub tokens: u64,
 }
 
-const KEYS: [&str; 8] = ["step", "seed", "batch", "seq_len", "lr", "data", "seconds", "tokens"];
+const KEYS: [&str; 11] =
+    ["step", "seed", "batch", "seq_len", "lr", "data", "seconds", "tokens", "schedule", "warmup", "schedule_steps"];
 
 impl Progress {
     fn write(&self, meta: &mut HashMap<String, String>) {
@@ -51,6 +60,9 @@ impl Progress {
             self.data.clone(),
             self.seconds.to_string(),
             self.tokens.to_string(),
+            self.schedule.to_string(),
+            self.warmup.to_string(),
+            self.schedule_steps.to_string(),
         ];
         for (k, v) in KEYS.iter().zip(values) {
             meta.insert(k.to_string(), v);
@@ -65,6 +77,18 @@ impl Progress {
             text.parse()
                 .map_err(|_| anyhow::anyhow!("{}: metadata field '{key}' = '{text}' is not valid", file.display()))
         }
+        fn optional<T: std::str::FromStr>(
+            meta: &HashMap<String, String>,
+            key: &str,
+            file: &Path,
+            default: T,
+        ) -> anyhow::Result<T> {
+            if meta.contains_key(key) {
+                field(meta, key, file)
+            } else {
+                Ok(default)
+            }
+        }
         Ok(Progress {
             step: field(meta, "step", file)?,
             seed: field(meta, "seed", file)?,
@@ -74,6 +98,9 @@ impl Progress {
             data: field(meta, "data", file)?,
             seconds: field(meta, "seconds", file)?,
             tokens: field(meta, "tokens", file)?,
+            schedule: optional(meta, "schedule", file, ScheduleKind::Constant)?,
+            warmup: optional(meta, "warmup", file, 0)?,
+            schedule_steps: optional(meta, "schedule_steps", file, 0)?,
         })
     }
 }

@@ -52,6 +52,16 @@ pub struct TrainArgs {
     /// Learning rate [default: the checkpoint's, else the one given to neft compile].
     #[arg(long)]
     pub lr: Option<f32>,
+    /// Learning-rate schedule, as the Hugging Face Trainer's: constant, linear (decays to
+    /// 0 at the run's last step, --steps or --epochs) or cosine (half a cosine to 0 at the
+    /// last step) [default: constant, or the checkpoint's]. metrics.jsonl logs each
+    /// step's rate.
+    #[arg(long)]
+    pub schedule: Option<crate::train::schedule::ScheduleKind>,
+    /// Raise the learning rate linearly from 0 over the first N steps (the first step
+    /// runs at 0, as in transformers) [default: 0, or the checkpoint's].
+    #[arg(long)]
+    pub warmup: Option<u64>,
     /// A Hugging Face tokenizer.json, for {"text"} and {"prompt","completion"} data.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -77,6 +87,8 @@ pub fn run_train(args: &TrainArgs) -> anyhow::Result<()> {
         seq_len: args.seq_len,
         seed: args.seed,
         lr: args.lr,
+        schedule: args.schedule,
+        warmup: args.warmup,
         ep: args.ep,
         threads: args.threads,
         resume: args.resume,
@@ -101,8 +113,15 @@ fn print_summary(s: &Summary) {
     match s.status.as_str() {
         "up-to-date" => println!("already at step {} of {}: nothing to do", s.step, s.target_steps),
         status => println!(
-            "{status}: steps {}..{} of {} on {} ({} examples, batch {}, lr {:e})",
-            s.start_step, s.step, s.target_steps, s.ep, s.examples, s.batch, s.lr
+            "{status}: steps {}..{} of {} on {} ({} examples, batch {}, lr {:e}{})",
+            s.start_step,
+            s.step,
+            s.target_steps,
+            s.ep,
+            s.examples,
+            s.batch,
+            s.lr,
+            schedule_note(s)
         ),
     }
     if s.step > s.start_step {
@@ -124,15 +143,25 @@ fn print_summary(s: &Summary) {
     println!("  metrics {}, plot {}", s.metrics.display(), s.plot.display());
 }
 
+/// `, cosine schedule, warmup 10` unless the schedule is constant without warmup.
+fn schedule_note(s: &Summary) -> String {
+    match (s.schedule, s.warmup) {
+        (crate::train::schedule::ScheduleKind::Constant, 0) => String::new(),
+        (kind, 0) => format!(", {kind} schedule"),
+        (kind, w) => format!(", {kind} schedule, warmup {w}"),
+    }
+}
+
 /// Options of `neft export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// The artifact folder (after `neft train`).
     pub dir: PathBuf,
-    /// Write the trained rows (and bias elements) as an adapter.
+    /// Write the trained rows (and bias elements) as an adapter (not for LoRA artifacts).
     #[arg(long, required_unless_present = "merged")]
     pub adapter: Option<PathBuf>,
-    /// Write the base model with the trained rows merged in (weights in <MERGED>.data).
+    /// Write the base model with the trained rows merged in (weights in <MERGED>.data);
+    /// for a LoRA artifact, with A·B·(alpha/rank) added to each adapted weight.
     #[arg(long)]
     pub merged: Option<PathBuf>,
     /// The base model for --merged [default: the model the artifacts were compiled from,
@@ -151,7 +180,15 @@ pub fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
     let plan = Plan::load_dir(&args.dir)?;
     let state_path = args.state.clone().unwrap_or_else(|| checkpoint::checkpoint_path(&args.dir));
     let state = trained_state(&plan, &state_path)?;
-    let adapter = Adapter::from_state(&plan, &state)?;
+    let base = match &args.merged {
+        Some(_) => Some(crate::onnx::load(base_path(args, &plan)?)?),
+        None => None,
+    };
+    let adapter = match (&plan.lora, &base) {
+        // LoRA factors fold into whole weights: only the merged model can be written.
+        (Some(_), Some(base)) if args.adapter.is_none() => Adapter::merged_lora(&plan, &state, base)?,
+        _ => Adapter::from_state(&plan, &state)?,
+    };
     let mut report = serde_json::json!({ "step": adapter.step, "tensors": adapter.tensors.len() });
     if let Some(path) = &args.adapter {
         adapter.save(path)?;
@@ -161,15 +198,8 @@ pub fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(out) = &args.merged {
-        let base_path = args.base.clone().unwrap_or_else(|| PathBuf::from(&plan.source.path));
-        if !base_path.is_file() {
-            bail!(
-                "{}: the base model recorded in plan.json is not there; pass it with --base BASE.onnx",
-                base_path.display()
-            );
-        }
-        let base = crate::onnx::load(&base_path)?;
-        let merged = merge(&base, &adapter, out)?;
+        let base = base.as_ref().expect("loaded for --merged");
+        let merged = merge(base, &adapter, out)?;
         report["merged"] = serde_json::to_value(&merged)?;
         if !args.json {
             print_merge(&merged);
@@ -179,6 +209,15 @@ pub fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// The base model of `neft export --merged`: --base, else the one plan.json records.
+fn base_path(args: &ExportArgs, plan: &Plan) -> anyhow::Result<PathBuf> {
+    let path = args.base.clone().unwrap_or_else(|| PathBuf::from(&plan.source.path));
+    if !path.is_file() {
+        bail!("{}: the base model recorded in plan.json is not there; pass it with --base BASE.onnx", path.display());
+    }
+    Ok(path)
 }
 
 /// A state belonging to `plan`: the checkpoint by default.

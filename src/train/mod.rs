@@ -7,8 +7,8 @@
 //!   small tools);
 //! - [`device`]: the same steps with the state resident on the execution provider's
 //!   device, double-buffered through an IoBinding (what `neft train` runs);
-//! - [`data`], [`run`], [`checkpoint`], [`metrics`], [`plot`], [`progress`]: the
-//!   training loop and its inputs and outputs; [`cli`]: `neft train|export|merge`.
+//! - [`data`], [`run`], [`schedule`], [`checkpoint`], [`metrics`], [`plot`],
+//!   [`progress`]: the training loop and its inputs and outputs; [`cli`]: `neft train|export|merge`.
 
 pub mod checkpoint;
 pub mod cli;
@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod plot;
 mod progress;
 pub mod run;
+pub mod schedule;
 mod session;
 
 pub use device::DeviceTrainer;

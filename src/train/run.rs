@@ -14,6 +14,7 @@ use super::data::{Dataset, Feeder};
 use super::device::DeviceTrainer;
 use super::metrics::{MetricsLog, Record};
 use super::progress::Reporter;
+use super::schedule::{Schedule, ScheduleKind};
 use super::{plot, StepOutput};
 use crate::artifact::{Plan, State};
 use crate::data::{Batch, Batcher, Encode};
@@ -48,6 +49,10 @@ pub struct TrainOptions {
     pub seed: Option<u64>,
     /// `None`: the checkpoint's learning rate when resuming, else the plan's.
     pub lr: Option<f32>,
+    /// `None`: the checkpoint's schedule when resuming, else constant.
+    pub schedule: Option<ScheduleKind>,
+    /// Warmup steps; `None`: the checkpoint's when resuming, else 0.
+    pub warmup: Option<u64>,
     pub ep: Ep,
     pub threads: Option<usize>,
     pub resume: bool,
@@ -69,7 +74,10 @@ pub struct Summary {
     pub target_steps: u64,
     pub examples: usize,
     pub batch: usize,
+    /// The base learning rate; each step's (scaled by the schedule) is in metrics.jsonl.
     pub lr: f32,
+    pub schedule: ScheduleKind,
+    pub warmup: u64,
     pub first_loss: Option<f32>,
     pub last_loss: Option<f32>,
     pub eval_loss_start: Option<f64>,
@@ -98,6 +106,8 @@ struct Settings {
     batch: usize,
     seq_len: usize,
     lr: f32,
+    schedule: ScheduleKind,
+    warmup: u64,
 }
 
 impl Settings {
@@ -110,8 +120,8 @@ impl Settings {
         ) -> anyhow::Result<T> {
             match (given, stored) {
                 (Some(g), Some(s)) if g != s => bail!(
-                    "--{flag} {g} differs from the checkpoint's {s}; resuming with another value would change the \
-                     data order (leave --{flag} out to use the checkpoint's)"
+                    "--{flag} {g} differs from the checkpoint's {s}; resuming with another value would not \
+                     continue the same run (leave --{flag} out to use the checkpoint's)"
                 ),
                 (g, s) => Ok(g.or(s).unwrap_or(default)),
             }
@@ -121,6 +131,8 @@ impl Settings {
             batch: pick("batch", opts.batch, resumed.map(|p| p.batch), DEFAULT_BATCH)?,
             seq_len: pick("seq-len", opts.seq_len, resumed.map(|p| p.seq_len), DEFAULT_SEQ_LEN)?,
             lr: opts.lr.or(resumed.map(|p| p.lr)).unwrap_or(plan.lr),
+            schedule: pick("schedule", opts.schedule, resumed.map(|p| p.schedule), ScheduleKind::Constant)?,
+            warmup: pick("warmup", opts.warmup, resumed.map(|p| p.warmup), 0)?,
         };
         if s.batch == 0 {
             bail!("--batch must be at least 1");
@@ -150,11 +162,31 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Summary> {
         Length::Epochs(e) => e * data.batches_per_epoch(settings.batch) as u64,
     };
     let session = SessionOptions { ep: opts.ep, threads: opts.threads, ..Default::default() };
+    let schedule = Schedule { kind: settings.schedule, warmup: settings.warmup, total };
+    check_schedule_length(&schedule, resumed.as_ref())?;
     let trainer = DeviceTrainer::new(&opts.dir, plan, &state, &session)?;
     let pad = enc.map(|e| e.pad()).unwrap_or(0);
-    let mut run = Run::new(opts, trainer, feeder, settings, &data, eval, resumed.as_ref(), total)?;
+    let mut run = Run::new(opts, trainer, feeder, settings, schedule, &data, eval, resumed.as_ref())?;
     run.go(&data, pad)?;
     Ok(run.finish())
+}
+
+/// A decaying schedule spans the run's total steps: resuming with another total would
+/// bend the curve midway, so it is refused (a constant one only needs its warmup).
+fn check_schedule_length(schedule: &Schedule, resumed: Option<&Progress>) -> anyhow::Result<()> {
+    match resumed {
+        Some(p) if schedule.depends_on_total() && p.schedule_steps != schedule.total && p.step < schedule.total => {
+            bail!(
+                "the checkpoint's {} schedule spans {} steps, but this run would span {}; resume with --steps {} \
+                 (the same total), or train without --resume to start a new schedule",
+                schedule.kind,
+                p.schedule_steps,
+                schedule.total,
+                p.schedule_steps
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The compiled state for a fresh run, the checkpoint for `--resume`.
@@ -184,6 +216,7 @@ struct Run<'a> {
     trainer: DeviceTrainer,
     feeder: Feeder,
     settings: Settings,
+    schedule: Schedule,
     eval: Option<Vec<Batch>>,
     data_sha256: String,
     start: u64,
@@ -210,11 +243,12 @@ impl<'a> Run<'a> {
         mut trainer: DeviceTrainer,
         feeder: Feeder,
         settings: Settings,
+        schedule: Schedule,
         data: &Dataset,
         eval: Option<Vec<Batch>>,
         resumed: Option<&Progress>,
-        total: u64,
     ) -> anyhow::Result<Run<'a>> {
+        let total = schedule.total;
         let start = resumed.map_or(0, |p| p.step);
         let reporter = Reporter::new(start, total, opts.quiet);
         note_what_changes(&reporter, opts, data, resumed);
@@ -232,6 +266,8 @@ impl<'a> Run<'a> {
             examples: data.examples.len(),
             batch: settings.batch,
             lr: settings.lr,
+            schedule: settings.schedule,
+            warmup: settings.warmup,
             first_loss: None,
             last_loss: None,
             eval_loss_start: eval_start.map(|e| e.0),
@@ -249,6 +285,7 @@ impl<'a> Run<'a> {
             trainer,
             feeder,
             settings,
+            schedule,
             eval,
             data_sha256: data.sha256.clone(),
             start,
@@ -285,10 +322,11 @@ impl<'a> Run<'a> {
     }
 
     fn one_step(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        let out = self.trainer.step(&self.feeder.feed(batch), self.settings.lr)?;
+        let lr = self.schedule.lr(self.settings.lr, self.step);
+        let out = self.trainer.step(&self.feeder.feed(batch), lr)?;
         self.step += 1;
         self.tokens += batch.tokens as u64;
-        let mut record = record(self.step, &out, self.settings.lr, batch.tokens as u64, self.tokens, self.seconds());
+        let mut record = record(self.step, &out, lr, batch.tokens as u64, self.tokens, self.seconds());
         if !(out.loss.is_finite() && out.grad_norm.is_finite()) {
             return Err(self.diverge(record, &out));
         }
@@ -323,6 +361,9 @@ impl<'a> Run<'a> {
             batch: self.settings.batch,
             seq_len: self.settings.seq_len,
             lr: self.settings.lr,
+            schedule: self.settings.schedule,
+            warmup: self.settings.warmup,
+            schedule_steps: self.schedule.total,
             data: self.data_sha256.clone(),
             seconds: self.seconds(),
             tokens: self.tokens,
