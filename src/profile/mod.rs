@@ -84,7 +84,7 @@ impl Profiler {
         let inputs = TokenInputs::of(&graph, &label)?;
         let layers = find_layers(&graph);
         // Without shape inference every MatMul output counts as a [batch, seq, n] tensor.
-        let facts = crate::runtime::tract::infer(model).ok();
+        let facts = crate::runtime::tract::infer_partial(model).ok().map(|(f, _)| f);
         let mut sites = find_sites(&graph, &layers, facts.as_ref());
         if let Some(only) = only {
             sites.retain(|s| only.contains(&s.name));
