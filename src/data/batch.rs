@@ -9,6 +9,8 @@ pub struct Batch {
     pub labels: HostTensor,
     /// Label positions that count in the loss (after the causal shift).
     pub tokens: usize,
+    /// Real (unpadded) tokens of each row.
+    pub lengths: Vec<usize>,
 }
 
 impl Batch {
@@ -24,7 +26,8 @@ impl Batch {
             tokens += e.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count();
         }
         let shape = [examples.len(), len];
-        Batch { input_ids: HostTensor::i64(&shape, ids), labels: HostTensor::i64(&shape, labels), tokens }
+        let lengths = examples.iter().map(|e| e.input_ids.len()).collect();
+        Batch { input_ids: HostTensor::i64(&shape, ids), labels: HostTensor::i64(&shape, labels), tokens, lengths }
     }
 
     /// The named inputs a causal-LM artifact takes.

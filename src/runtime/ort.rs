@@ -387,9 +387,9 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
     // diagnosis (e.g. session.disable_prepacking=1).
     if let Ok(entries) = std::env::var("NEFT_ORT_CONFIG") {
         for entry in entries.split(',').filter(|e| !e.is_empty()) {
-            let (key, value) = entry.split_once('=').ok_or_else(|| {
-                RuntimeError::Setting(format!("NEFT_ORT_CONFIG: '{entry}' is not key=value"))
-            })?;
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| RuntimeError::Setting(format!("NEFT_ORT_CONFIG: '{entry}' is not key=value")))?;
             b = b.with_config_entry(key, value).map_err(|e| session_err(e.to_string()))?;
         }
     }

@@ -8,9 +8,11 @@
 //! [`Encode`] implementation (in [`crate::profile`], shared with profiling).
 
 use crate::artifact::Plan;
-use crate::data::{read_jsonl, tokenize, Batch, Encode, Tokenized};
+use crate::data::{read_jsonl, tokenize, Batch, Encode, TokenFeed, Tokenized};
+use crate::onnx::make::declared;
 use crate::runtime::ort::HostTensor;
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The examples of one data file, tokenized and truncated.
@@ -45,26 +47,16 @@ pub fn short_sha256(bytes: &[u8]) -> String {
     crate::artifact::hex_digest(&sha2::Sha256::digest(bytes))[..16].to_string()
 }
 
-/// What one graph input gets from a batch.
-#[derive(Debug, Clone)]
-enum Source {
-    Ids,
-    Labels,
-    /// All ones: with right padding and causal attention, padded positions never
-    /// influence real ones, and their labels are ignored.
-    Ones,
-    Positions,
-}
-
-/// Maps batches onto the artifacts' data inputs.
+/// Maps batches onto the artifacts' data inputs (see [`TokenFeed`]).
 #[derive(Debug, Clone)]
 pub struct Feeder {
-    inputs: Vec<(String, Source)>,
+    feed: TokenFeed,
 }
 
 impl Feeder {
-    /// Checks that JSONL batches can feed every data input of the plan.
-    pub fn new(plan: &Plan) -> anyhow::Result<Feeder> {
+    /// Checks that JSONL batches can feed every data input of the artifacts in `dir`
+    /// (names from the plan, element types as `train_step.onnx` declares them).
+    pub fn new(plan: &Plan, dir: &Path) -> anyhow::Result<Feeder> {
         if plan.loss.kind != "causal-lm" {
             bail!(
                 "these artifacts train on the model's own loss output '{}' (inputs: {}); JSONL data feed only \
@@ -73,40 +65,18 @@ impl Feeder {
                 plan.data_inputs.join(", ")
             );
         }
-        let inputs = plan
-            .data_inputs
-            .iter()
-            .map(|name| {
-                let source = match name.as_str() {
-                    "input_ids" => Source::Ids,
-                    n if Some(n) == plan.loss.labels.as_deref() => Source::Labels,
-                    "attention_mask" => Source::Ones,
-                    "position_ids" => Source::Positions,
-                    other => bail!(
-                        "the artifacts need an input '{other}' that JSONL examples cannot provide \
-                         (known: input_ids, labels, attention_mask, position_ids)"
-                    ),
-                };
-                Ok((name.clone(), source))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Feeder { inputs })
+        let path = dir.join("train_step.onnx");
+        let model = crate::onnx::load(&path)?;
+        let types: HashMap<&str, i32> =
+            model.graph().input.iter().filter_map(|i| declared(i).map(|d| (i.name(), d.0))).collect();
+        let inputs: Vec<(String, Option<i32>)> =
+            plan.data_inputs.iter().map(|n| (n.clone(), types.get(n.as_str()).copied())).collect();
+        let feed =
+            TokenFeed::new(&inputs, plan.loss.labels.as_deref()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(Feeder { feed })
     }
 
     pub fn feed<'a>(&'a self, batch: &Batch) -> Vec<(&'a str, HostTensor)> {
-        let shape = batch.input_ids.shape().to_vec();
-        let (rows, len) = (shape[0], shape[1]);
-        self.inputs
-            .iter()
-            .map(|(name, source)| {
-                let t = match source {
-                    Source::Ids => batch.input_ids.clone(),
-                    Source::Labels => batch.labels.clone(),
-                    Source::Ones => HostTensor::i64(&shape, vec![1; rows * len]),
-                    Source::Positions => HostTensor::i64(&shape, (0..rows).flat_map(|_| 0..len as i64).collect()),
-                };
-                (name.as_str(), t)
-            })
-            .collect()
+        self.feed.fill(&batch.input_ids, Some(&batch.labels), &batch.lengths)
     }
 }

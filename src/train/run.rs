@@ -138,7 +138,7 @@ impl Settings {
 /// Trains as `opts` says. A Ctrl-C ends the run early with status `interrupted`.
 pub fn train(opts: &TrainOptions) -> anyhow::Result<Summary> {
     let plan = Plan::load_dir(&opts.dir)?;
-    let feeder = Feeder::new(&plan)?;
+    let feeder = Feeder::new(&plan, &opts.dir)?;
     let tokenizer = opts.tokenizer.as_deref().map(load_tokenizer).transpose()?;
     let enc = tokenizer.as_ref().map(|t| t as &dyn Encode);
     let (state, resumed) = starting_point(opts, &plan)?;
