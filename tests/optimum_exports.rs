@@ -1,0 +1,235 @@
+//! Graphs written by Hugging Face's exporter (optimum-onnx, `text-generation` without
+//! past; `models/fixtures/export_optimum.py`), run end to end from the command line:
+//! `neft compile` (a neurons file, or `--data` for activation selection), `neft
+//! train` feeding `input_ids`, `attention_mask` and `position_ids`; one SGD step
+//! moves the selected rows by exactly -lr times PyTorch's gradient; frozen values stay
+//! bit for bit; eight steps lower the loss.
+
+mod train_support;
+
+use neft::artifact::{State, StateTensor};
+use neft::onnx;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use train_support::*;
+
+const LR: f32 = 0.5;
+
+fn reference(name: &str) -> Value {
+    let path = repo(&format!("models/fixtures/optimum_{name}.ref.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// The reference batch as pre-tokenized JSONL lines (one per row, unpadded).
+fn jsonl(r: &Value) -> Vec<String> {
+    let ids = &r["inputs"]["input_ids"];
+    let seq = ids["shape"][1].as_u64().unwrap() as usize;
+    let data: Vec<i64> = ids["data"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let lengths = r["lengths"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize);
+    lengths
+        .enumerate()
+        .map(|(i, n)| serde_json::json!({ "input_ids": &data[i * seq..i * seq + n] }).to_string())
+        .collect()
+}
+
+fn f32s<'a>(state: &'a State, name: &str) -> &'a [f32] {
+    match state.tensors.get(name) {
+        Some(StateTensor::F32 { data, .. }) => data,
+        other => panic!("state tensor '{name}': {other:?}"),
+    }
+}
+
+/// `neft compile` with the reference's rows and SGD, in `dir/art`.
+fn compile(dir: &Path, name: &str, r: &Value) -> std::path::PathBuf {
+    let entries: Vec<(&str, usize, Vec<usize>)> = r["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let rows = w["rows"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            (w["onnx"].as_str().unwrap(), w["axis"].as_u64().unwrap() as usize, rows)
+        })
+        .collect();
+    write_neurons(&dir.join("neurons.json"), &entries);
+    let model = repo(&format!("models/fixtures/optimum_{name}.onnx"));
+    let lr = LR.to_string();
+    let args = [
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        "art",
+        "--neurons",
+        "neurons.json",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        &lr,
+    ];
+    neft_ok(&args, dir);
+    dir.join("art")
+}
+
+/// The largest difference from `want`, relative to the largest magnitude of `want`.
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, &w| m.max((w as f64).abs()));
+    assert!(scale > 0.0, "a zero reference gradient proves nothing");
+    got.iter().zip(want).fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs())) / scale
+}
+
+/// Every initializer of an ONNX file, as raw little-endian bytes.
+fn initializers(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let m = onnx::load(path).unwrap();
+    m.graph().initializer.iter().map(|t| (t.name().to_string(), m.tensor_bytes(t).unwrap().to_vec())).collect()
+}
+
+/// One SGD step on the reference batch: the selected rows (and bias elements) move by
+/// -lr x PyTorch's gradient; the merged model differs from the source only there.
+fn one_step_matches_pytorch(name: &str) -> f64 {
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+    let art = compile(dir, name, &r);
+    let before = load_state(&art.join("state.safetensors"));
+    let rows = r["lengths"].as_array().unwrap().len().to_string();
+    let out = neft_ok(
+        &["train", "art", "--data", "ref.jsonl", "--steps", "1", "--batch", &rows, "--threads", "1", "--json"],
+        dir,
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let loss = summary["first_loss"].as_f64().unwrap();
+    let want_loss = r["loss"].as_f64().unwrap();
+    assert!((loss - want_loss).abs() < 1e-4 * want_loss, "{name}: loss {loss}, PyTorch {want_loss}");
+    let after = load_state(&art.join("checkpoint.safetensors"));
+
+    let mut worst = 0f64;
+    for w in r["weights"].as_array().unwrap() {
+        let mut checks = vec![(format!("{}.rows", w["onnx"].as_str().unwrap()), floats(&w["grad"]["data"]))];
+        if let Some(b) = w["bias"].as_str() {
+            checks.push((format!("{b}.rows"), floats(&w["bias_grad"])));
+        }
+        for (param, grad) in checks {
+            let (p0, p1) = (f32s(&before, &param), f32s(&after, &param));
+            let moved: Vec<f32> = p0.iter().zip(p1).map(|(a, b)| b - a).collect();
+            let want: Vec<f32> = grad.iter().map(|g| -LR * g).collect();
+            let err = relative_error(&moved, &want);
+            assert!(err < 1e-4, "{name}: '{param}' moved {moved:?}, want -lr x PyTorch's gradient {want:?} ({err:e})");
+            worst = worst.max(err);
+        }
+    }
+
+    // Frozen values: the merged model equals the source bit for bit except the
+    // selected rows and bias elements.
+    neft_ok(&["export", "art", "--merged", "merged.onnx"], dir);
+    let source = initializers(&repo(&format!("models/fixtures/optimum_{name}.onnx")));
+    let merged = initializers(&dir.join("merged.onnx"));
+    let trained: Vec<String> = r["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| [w["onnx"].as_str(), w["bias"].as_str()])
+        .flatten()
+        .map(str::to_string)
+        .collect();
+    for (tensor, bytes) in &source {
+        let got = merged.get(tensor).unwrap_or_else(|| panic!("{name}: merged model lacks '{tensor}'"));
+        if !trained.contains(tensor) {
+            assert!(got == bytes, "{name}: frozen '{tensor}' changed");
+        }
+    }
+    for w in r["weights"].as_array().unwrap() {
+        let tensor = w["onnx"].as_str().unwrap();
+        let dims = w["grad"]["shape"].as_array().unwrap();
+        let (k, n) =
+            (dims[0].as_u64().unwrap() as usize, source[tensor].len() / 4 / dims[0].as_u64().unwrap() as usize);
+        let rows: Vec<usize> = w["rows"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let (a, b) = (&source[tensor], &merged[tensor]);
+        for i in 0..k {
+            for j in (0..n).filter(|j| !rows.contains(j)) {
+                let at = (i * n + j) * 4;
+                assert_eq!(a[at..at + 4], b[at..at + 4], "{name}: '{tensor}'[{i}, {j}] is frozen but changed");
+            }
+        }
+    }
+    worst
+}
+
+/// Eight steps from the command line lower the loss.
+fn eight_steps_lower_the_loss(dir: &Path, art: &str) {
+    let out = neft_ok(
+        &["train", art, "--data", "ref.jsonl", "--steps", "8", "--batch", "3", "--threads", "1", "--json"],
+        dir,
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["last_loss"].as_f64().unwrap());
+    assert!(last < first - 1e-3, "{art}: loss {first} -> {last}");
+}
+
+fn compile_and_train(name: &str) {
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+    compile(dir, name, &r);
+    eight_steps_lower_the_loss(dir, "art");
+}
+
+#[test]
+fn llama_one_sgd_step_equals_pytorch_and_frozen_values_stay() {
+    let err = one_step_matches_pytorch("llama");
+    eprintln!("llama: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn qwen2_one_sgd_step_equals_pytorch_with_biases_and_untied_head() {
+    let err = one_step_matches_pytorch("qwen2");
+    eprintln!("qwen2: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn gpt2_one_sgd_step_equals_pytorch_through_fused_qkv_gemms() {
+    let err = one_step_matches_pytorch("gpt2");
+    eprintln!("gpt2: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn every_export_trains_eight_steps_from_a_neurons_file() {
+    for name in ["llama", "qwen2", "gpt2"] {
+        compile_and_train(name);
+    }
+}
+
+#[test]
+fn llama_compiles_with_activation_selection_from_data_and_trains() {
+    let r = reference("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+    let model = repo("models/fixtures/optimum_llama.onnx");
+    let args = [
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        "act",
+        "--data",
+        "ref.jsonl",
+        "--strategy",
+        "activation",
+        "--budget",
+        "10%",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.5",
+    ];
+    neft_ok(&args, dir);
+    let neurons: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("act/neurons.json")).unwrap()).unwrap();
+    assert!(!neurons["layers"].as_object().unwrap().is_empty());
+    eight_steps_lower_the_loss(dir, "act");
+}
