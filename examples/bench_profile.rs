@@ -153,7 +153,7 @@ fn batches(model: &neft::onnx::Model, data: &Path, a: &Args) -> anyhow::Result<(
 }
 
 /// A plain forward pass whose outputs stay in ONNX Runtime (nothing copied out).
-fn forward(session: &mut Session, feeds: &[(&'static str, HostTensor)]) -> anyhow::Result<()> {
+fn forward(session: &mut Session, feeds: &[(&str, HostTensor)]) -> anyhow::Result<()> {
     let mut values: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![];
     for (name, t) in feeds {
         let HostTensor::I64(a) = t else { anyhow::bail!("token inputs are INT64") };
