@@ -25,7 +25,8 @@ fn floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
-/// The reference batch as pre-tokenized JSONL lines (one per row, unpadded).
+/// The reference batch as pre-tokenized JSONL lines (one per row, unpadded), with its
+/// class as "label" for sequence classification.
 fn jsonl(r: &Value) -> Vec<String> {
     let ids = &r["inputs"]["input_ids"];
     let seq = ids["shape"][1].as_u64().unwrap() as usize;
@@ -33,7 +34,13 @@ fn jsonl(r: &Value) -> Vec<String> {
     let lengths = r["lengths"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize);
     lengths
         .enumerate()
-        .map(|(i, n)| serde_json::json!({ "input_ids": &data[i * seq..i * seq + n] }).to_string())
+        .map(|(i, n)| {
+            let mut line = serde_json::json!({ "input_ids": &data[i * seq..i * seq + n] });
+            if let Some(classes) = r.get("labels") {
+                line["label"] = classes[i].clone();
+            }
+            line.to_string()
+        })
         .collect()
 }
 
@@ -98,8 +105,32 @@ fn one_step_matches_pytorch(name: &str) -> f64 {
     let art = compile(dir, name, &r);
     let before = load_state(&art.join("state.safetensors"));
     let rows = r["lengths"].as_array().unwrap().len().to_string();
+    // A step large enough that the smallest weight's update dwarfs the rounding of
+    // `after - before` in FLOAT (weights near 0.02 round at 2e-9; some gradients are 1e-6).
+    let smallest = r["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| floats(&w["grad"]["data"]).iter().fold(0f32, |m, g| m.max(g.abs())))
+        .fold(f32::INFINITY, f32::min);
+    let lr = 1e-2 / smallest;
+    let lr_arg = lr.to_string();
     let out = neft_ok(
-        &["train", "art", "--data", "ref.jsonl", "--steps", "1", "--batch", &rows, "--threads", "1", "--json"],
+        &[
+            "train",
+            "art",
+            "--data",
+            "ref.jsonl",
+            "--steps",
+            "1",
+            "--batch",
+            &rows,
+            "--threads",
+            "1",
+            "--lr",
+            &lr_arg,
+            "--json",
+        ],
         dir,
     );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -117,7 +148,7 @@ fn one_step_matches_pytorch(name: &str) -> f64 {
         for (param, grad) in checks {
             let (p0, p1) = (f32s(&before, &param), f32s(&after, &param));
             let moved: Vec<f32> = p0.iter().zip(p1).map(|(a, b)| b - a).collect();
-            let want: Vec<f32> = grad.iter().map(|g| -LR * g).collect();
+            let want: Vec<f32> = grad.iter().map(|g| -lr * g).collect();
             let err = relative_error(&moved, &want);
             assert!(err < 1e-4, "{name}: '{param}' moved {moved:?}, want -lr x PyTorch's gradient {want:?} ({err:e})");
             worst = worst.max(err);
@@ -145,13 +176,20 @@ fn one_step_matches_pytorch(name: &str) -> f64 {
     }
     for w in r["weights"].as_array().unwrap() {
         let tensor = w["onnx"].as_str().unwrap();
-        let dims = w["grad"]["shape"].as_array().unwrap();
-        let (k, n) =
-            (dims[0].as_u64().unwrap() as usize, source[tensor].len() / 4 / dims[0].as_u64().unwrap() as usize);
+        let dims: Vec<usize> =
+            w["grad"]["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let axis = w["axis"].as_u64().unwrap() as usize;
         let rows: Vec<usize> = w["rows"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        // The full weight's shape: the selected slice's, with every row along `axis`.
+        let other = dims[1 - axis];
+        let units = source[tensor].len() / 4 / other;
+        let (k, n) = if axis == 1 { (other, units) } else { (units, other) };
         let (a, b) = (&source[tensor], &merged[tensor]);
         for i in 0..k {
-            for j in (0..n).filter(|j| !rows.contains(j)) {
+            for j in 0..n {
+                if rows.contains(if axis == 1 { &j } else { &i }) {
+                    continue;
+                }
                 let at = (i * n + j) * 4;
                 assert_eq!(a[at..at + 4], b[at..at + 4], "{name}: '{tensor}'[{i}, {j}] is frozen but changed");
             }
@@ -199,8 +237,16 @@ fn gpt2_one_sgd_step_equals_pytorch_through_fused_qkv_gemms() {
 }
 
 #[test]
+fn bert_classifier_one_sgd_step_equals_pytorch_with_its_padding_masked() {
+    // Bidirectional attention: padding that attention_mask did not hide would change
+    // every row's loss.
+    let err = one_step_matches_pytorch("bert");
+    eprintln!("bert: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
 fn every_export_trains_eight_steps_from_a_neurons_file() {
-    for name in ["llama", "qwen2", "gpt2"] {
+    for name in ["llama", "qwen2", "gpt2", "bert"] {
         compile_and_train(name);
     }
 }
@@ -232,4 +278,25 @@ fn llama_compiles_with_activation_selection_from_data_and_trains() {
     let neurons: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("act/neurons.json")).unwrap()).unwrap();
     assert!(!neurons["layers"].as_object().unwrap().is_empty());
     eight_steps_lower_the_loss(dir, "act");
+}
+
+#[test]
+fn labels_must_fit_the_loss_the_artifacts_were_compiled_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bert = reference("bert");
+    write_lines(&dir.join("classes.jsonl"), &jsonl(&bert));
+    write_lines(&dir.join("tokens.jsonl"), &jsonl(&reference("llama")));
+    compile(dir, "bert", &bert);
+    let out = neft(&["train", "art", "--data", "tokens.jsonl", "--steps", "1"], dir);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("tokens.jsonl: example 1: sequence-classification artifacts need a \"label\""),
+        "{}",
+        stderr(&out)
+    );
+    compile(dir, "llama", &reference("llama"));
+    let out = neft(&["train", "art", "--data", "classes.jsonl", "--steps", "1"], dir);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("causal-LM artifacts take token labels, not a \"label\""), "{}", stderr(&out));
 }

@@ -89,8 +89,9 @@ impl TokenFeed {
         self.inputs.iter().map(|(n, s, _)| (n.as_str(), *s))
     }
 
-    /// One tensor per input for a batch: `ids` (and `labels`) `[rows, len]` INT64,
-    /// right-padded; `lengths[r]` real tokens in row `r`.
+    /// One tensor per input for a batch: `ids` `[rows, len]` INT64, right-padded;
+    /// `labels` INT64, `[rows, len]` or one class per row `[rows]` (`None`: the ids);
+    /// `lengths[r]` real tokens in row `r`.
     pub fn fill<'a>(
         &'a self,
         ids: &HostTensor,
@@ -114,6 +115,11 @@ impl TokenFeed {
             .iter()
             .map(|(name, source, dtype)| {
                 let v = values(*source);
+                // Labels keep their own shape ([rows] for one class per row).
+                let shape = match (source, labels) {
+                    (TokenSource::Labels, Some(l)) => l.shape().to_vec(),
+                    _ => shape.clone(),
+                };
                 (name.as_str(), encode(*source, *dtype, &shape, &v).expect("element type checked in new"))
             })
             .collect()

@@ -10,6 +10,7 @@
 use crate::artifact::Plan;
 use crate::data::{read_jsonl, tokenize, Batch, Encode, TokenFeed, Tokenized};
 use crate::onnx::make::declared;
+use crate::passes::append_loss::SEQUENCE_CLASSIFICATION;
 use crate::runtime::ort::HostTensor;
 use anyhow::{anyhow, bail, Context};
 use std::collections::HashMap;
@@ -51,16 +52,20 @@ pub fn short_sha256(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct Feeder {
     feed: TokenFeed,
+    /// The labels are one class per example (sequence classification), not per token.
+    classify: bool,
 }
 
 impl Feeder {
     /// Checks that JSONL batches can feed every data input of the artifacts in `dir`
     /// (names from the plan, element types as `train_step.onnx` declares them).
     pub fn new(plan: &Plan, dir: &Path) -> anyhow::Result<Feeder> {
-        if plan.loss.kind != "causal-lm" {
+        let classify = plan.loss.kind == SEQUENCE_CLASSIFICATION;
+        if plan.loss.kind != "causal-lm" && !classify {
             bail!(
                 "these artifacts train on the model's own loss output '{}' (inputs: {}); JSONL data feed only \
-                 causal-LM artifacts (compiled with a 'logits' output and --loss auto or causal-lm)",
+                 causal-LM and sequence-classification artifacts (compiled with a 'logits' output and --loss \
+                 auto or causal-lm)",
                 plan.loss.loss,
                 plan.data_inputs.join(", ")
             );
@@ -73,10 +78,29 @@ impl Feeder {
             plan.data_inputs.iter().map(|n| (n.clone(), types.get(n.as_str()).copied())).collect();
         let feed =
             TokenFeed::new(&inputs, plan.loss.labels.as_deref()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        Ok(Feeder { feed })
+        Ok(Feeder { feed, classify })
+    }
+
+    /// Checks that `data` hold what the loss needs: a "label" on every example for
+    /// sequence classification, none for a causal LM.
+    pub fn check(&self, data: &Dataset) -> anyhow::Result<()> {
+        let file = data.file.display();
+        let (want, line) = match self.classify {
+            true => ("sequence-classification artifacts need a \"label\" (a class) on every line", {
+                data.examples.iter().position(|e| e.class.is_none())
+            }),
+            false => ("causal-LM artifacts take token labels, not a \"label\" per line", {
+                data.examples.iter().position(|e| e.class.is_some())
+            }),
+        };
+        match line {
+            Some(i) => bail!("{file}: example {}: {want}", i + 1),
+            None => Ok(()),
+        }
     }
 
     pub fn feed<'a>(&'a self, batch: &Batch) -> Vec<(&'a str, HostTensor)> {
-        self.feed.fill(&batch.input_ids, Some(&batch.labels), &batch.lengths)
+        let labels = if self.classify { batch.classes.as_ref() } else { Some(&batch.labels) };
+        self.feed.fill(&batch.input_ids, labels, &batch.lengths)
     }
 }

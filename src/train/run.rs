@@ -144,7 +144,8 @@ pub fn train(opts: &TrainOptions) -> anyhow::Result<Summary> {
     let (state, resumed) = starting_point(opts, &plan)?;
     let settings = Settings::resolve(opts, &plan, resumed.as_ref())?;
     let data = Dataset::load(&opts.data, enc, settings.seq_len)?;
-    let eval = opts.eval.as_deref().map(|p| load_eval(p, enc, &settings)).transpose()?;
+    feeder.check(&data)?;
+    let eval = opts.eval.as_deref().map(|p| load_eval(p, enc, &settings, &feeder)).transpose()?;
     let total = match opts.length {
         Length::Steps(n) => n,
         Length::Epochs(e) => e * data.batches_per_epoch(settings.batch) as u64,
@@ -169,8 +170,9 @@ fn starting_point(opts: &TrainOptions, plan: &Plan) -> anyhow::Result<(State, Op
     Ok((state, None))
 }
 
-fn load_eval(path: &Path, enc: Option<&dyn Encode>, s: &Settings) -> anyhow::Result<Vec<Batch>> {
+fn load_eval(path: &Path, enc: Option<&dyn Encode>, s: &Settings, feeder: &Feeder) -> anyhow::Result<Vec<Batch>> {
     let set = Dataset::load(path, enc, s.seq_len)?;
+    feeder.check(&set)?;
     let batches = set.in_order(s.batch, enc.map(|e| e.pad()).unwrap_or(0));
     if batches.iter().all(|b| b.tokens == 0) {
         bail!("{}: no example has a token to predict (every label is -100 or too short)", path.display());
