@@ -251,33 +251,60 @@ fn every_export_trains_eight_steps_from_a_neurons_file() {
     }
 }
 
+/// `neft compile --data` (activation selection over the MLP layers the structure
+/// analysis finds: gated for Llama and Qwen2, GPT-2's Conv1D Gemms, BERT's GELU MLP),
+/// per neuron and per MLP unit, then eight steps of AdamW.
 #[test]
-fn llama_compiles_with_activation_selection_from_data_and_trains() {
-    let r = reference("llama");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
-    let model = repo("models/fixtures/optimum_llama.onnx");
-    let args = [
-        "compile",
-        model.to_str().unwrap(),
-        "-o",
-        "act",
-        "--data",
-        "ref.jsonl",
-        "--strategy",
-        "activation",
-        "--budget",
-        "10%",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.5",
-    ];
-    neft_ok(&args, dir);
-    let neurons: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("act/neurons.json")).unwrap()).unwrap();
-    assert!(!neurons["layers"].as_object().unwrap().is_empty());
-    eight_steps_lower_the_loss(dir, "act");
+fn every_export_compiles_with_activation_selection_from_data_and_trains() {
+    for name in ["llama", "qwen2", "gpt2", "bert"] {
+        let r = reference(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+        let model = repo(&format!("models/fixtures/optimum_{name}.onnx"));
+        for unit in ["neuron", "mlp-unit"] {
+            let args = [
+                "compile",
+                model.to_str().unwrap(),
+                "-o",
+                unit,
+                "--data",
+                "ref.jsonl",
+                "--strategy",
+                "activation",
+                "--budget",
+                "10%",
+                "--unit",
+                unit,
+                "--optimizer",
+                "adamw",
+                "--lr",
+                "1e-2",
+            ];
+            neft_ok(&args, dir);
+            let file = dir.join(unit).join("neurons.json");
+            let neurons: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            assert!(!neurons["layers"].as_object().unwrap().is_empty(), "{name} {unit}");
+            eight_steps_lower_the_loss(dir, unit);
+        }
+    }
+}
+
+#[test]
+fn gpt2_conv1d_blocks_get_structural_roles() {
+    let model = repo("models/fixtures/optimum_gpt2.onnx");
+    let out = neft_ok(&["inspect", model.to_str().unwrap(), "--json"], Path::new("."));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let role = |weight: &str| {
+        let layers = report["layers"].as_array().unwrap();
+        let layer = layers.iter().find(|l| l["weight"] == weight).unwrap_or_else(|| panic!("{weight}: no layer"));
+        layer["role"].as_str().unwrap().to_string()
+    };
+    assert_eq!(role("transformer.h.0.attn.c_attn.weight"), "block 0 / attn.qkv");
+    assert_eq!(role("transformer.h.0.attn.c_proj.weight"), "block 0 / attn.o");
+    assert_eq!(role("transformer.h.1.mlp.c_fc.weight"), "block 1 / mlp.up");
+    assert_eq!(role("transformer.h.1.mlp.c_proj.weight"), "block 1 / mlp.down");
+    assert_eq!(role("onnx::MatMul_658"), "head");
 }
 
 #[test]
