@@ -290,6 +290,24 @@ fn every_export_compiles_with_activation_selection_from_data_and_trains() {
     }
 }
 
+/// `--strategy gradient`: the loss the artifacts will train (per token, or one class
+/// per row for BERT) scores the rows on the calibration data.
+#[test]
+fn every_export_compiles_with_gradient_selection() {
+    for name in ["llama", "qwen2", "gpt2", "bert"] {
+        let r = reference(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+        let model = repo(&format!("models/fixtures/optimum_{name}.onnx"));
+        let m = model.to_str().unwrap();
+        neft_ok(&["compile", m, "-o", "g", "--data", "ref.jsonl", "--strategy", "gradient", "--budget", "10%"], dir);
+        let file = dir.join("g/neurons.json");
+        let neurons: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert!(!neurons["layers"].as_object().unwrap().is_empty(), "{name}");
+    }
+}
+
 #[test]
 fn gpt2_conv1d_blocks_get_structural_roles() {
     let model = repo("models/fixtures/optimum_gpt2.onnx");

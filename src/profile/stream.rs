@@ -70,6 +70,8 @@ pub struct TokenBatch {
     pub tokens: usize,
     /// Examples in the batch (rows that are not filler for a fixed batch size).
     pub examples: usize,
+    /// `[batch]` INT64, one class per row (-100 on filler), when every example has one.
+    pub classes: Option<HostTensor>,
 }
 
 impl TokenBatch {
@@ -264,12 +266,18 @@ fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> Token
         tokens += n;
     }
     let shape = [rows, len];
+    let classes: Option<Vec<i64>> = examples.iter().map(|e| e.class).collect();
+    let classes = classes.map(|mut c| {
+        c.resize(rows, IGNORE_INDEX);
+        HostTensor::i64(&[rows], c)
+    });
     TokenBatch {
         input_ids: HostTensor::i64(&shape, ids),
         labels: HostTensor::i64(&shape, labels),
         mask: HostTensor::f32(&shape, mask),
         tokens,
         examples: examples.len(),
+        classes,
     }
 }
 
