@@ -136,7 +136,8 @@ fn one_step_matches_pytorch(name: &str) -> f64 {
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let loss = summary["first_loss"].as_f64().unwrap();
     let want_loss = r["loss"].as_f64().unwrap();
-    assert!((loss - want_loss).abs() < 1e-4 * want_loss, "{name}: loss {loss}, PyTorch {want_loss}");
+    // 2e-6: tight enough to see padding the attention mask failed to hide (BERT: 1e-5).
+    assert!((loss - want_loss).abs() < 2e-6 * want_loss, "{name}: loss {loss}, PyTorch {want_loss}");
     let after = load_state(&art.join("checkpoint.safetensors"));
 
     let mut worst = 0f64;

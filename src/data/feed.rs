@@ -54,11 +54,18 @@ impl TokenFeed {
                 "position_ids" => TokenSource::PositionIds,
                 "token_type_ids" => TokenSource::TokenTypeIds,
                 other => {
+                    // A KV cache input: the graph was exported for generation step by step.
+                    let hint = if other.starts_with("past_key") {
+                        " (a KV cache: export the model without past, e.g. optimum's task text-generation rather \
+                         than text-generation-with-past)"
+                    } else {
+                        ""
+                    };
                     return Err(format!(
-                        "input '{other}' cannot be filled from JSONL token data: no JSONL field fills it. Token \
-                         data fill {FILLABLE}; feed other inputs from a model that computes them, or remove them \
-                         from the graph"
-                    ))
+                        "input '{other}' cannot be filled from JSONL token data: no JSONL field fills it{hint}. \
+                         Token data fill {FILLABLE}; feed other inputs from a model that computes them, or remove \
+                         them from the graph"
+                    ));
                 }
             };
             let dtype = dtype.unwrap_or(DataType::Int64 as i32);
@@ -190,6 +197,8 @@ mod tests {
     fn refuses_an_input_it_cannot_fill_and_names_it() {
         let err = feed(&[("input_ids", DataType::Int64), ("pixel_values", DataType::Float)]).unwrap_err();
         assert!(err.contains("'pixel_values'") && err.contains("attention_mask (1 on real tokens"), "{err}");
+        let err = feed(&[("input_ids", DataType::Int64), ("past_key_values.0.key", DataType::Float)]).unwrap_err();
+        assert!(err.contains("export the model without past"), "{err}");
         let err = feed(&[("input_ids", DataType::Int64), ("position_ids", DataType::Float)]).unwrap_err();
         assert!(err.contains("'position_ids' is FLOAT"), "{err}");
         let err = feed(&[("attention_mask", DataType::Int64)]).unwrap_err();
