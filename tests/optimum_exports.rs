@@ -337,12 +337,12 @@ fn labels_must_fit_the_loss_the_artifacts_were_compiled_with() {
     let out = neft(&["train", "art", "--data", "tokens.jsonl", "--steps", "1"], dir);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("tokens.jsonl: example 1: sequence-classification artifacts need a \"label\""),
+        stderr(&out).contains("tokens.jsonl: example 1: these artifacts need a \"label\""),
         "{}",
         stderr(&out)
     );
     compile(dir, "llama", &reference("llama"));
     let out = neft(&["train", "art", "--data", "classes.jsonl", "--steps", "1"], dir);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("causal-LM artifacts take token labels, not a \"label\""), "{}", stderr(&out));
+    assert!(stderr(&out).contains("these artifacts take token labels, not a \"label\""), "{}", stderr(&out));
 }

@@ -20,14 +20,26 @@ use std::collections::HashSet;
 pub enum TokenSource {
     /// The token ids (`input_ids`).
     Ids,
-    /// The labels: the ids, -100 where the loss ignores a position.
+    /// Token labels `[rows, len]`: the ids, -100 where the loss ignores a position
+    /// (Hugging Face's convention: the model shifts them itself).
     Labels,
+    /// One class per row `[rows]` (JSONL "label"), for a labels input of rank 1.
+    Classes,
     /// 1 on real tokens, 0 on padding.
     AttentionMask,
     /// 0, 1, ..., len-1 in every row.
     PositionIds,
     /// Zeros (one segment).
     TokenTypeIds,
+}
+
+/// One data input of a graph as it declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataInput {
+    pub name: String,
+    /// ONNX element type (`None`: undeclared, fed as INT64).
+    pub dtype: Option<i32>,
+    pub rank: Option<usize>,
 }
 
 /// How each data input of a model is filled.
@@ -38,17 +50,19 @@ pub struct TokenFeed {
 
 /// What the error message lists: the inputs token data fill, and from what.
 const FILLABLE: &str = "input_ids (the JSONL field \"input_ids\", or \"text\" / \"prompt\"+\"completion\" with a \
-                        tokenizer), labels (\"labels\", else the ids), attention_mask (1 on real tokens, 0 on \
-                        padding), position_ids (0..n in each row) and token_type_ids (zeros)";
+                        tokenizer), labels (\"labels\", else the ids; one \"label\" per line for a labels input of \
+                        rank 1), attention_mask (1 on real tokens, 0 on padding), position_ids (0..n in each row) and \
+                        token_type_ids (zeros)";
 
 impl TokenFeed {
-    /// `inputs`: each data input's name and declared element type (`None`: INT64);
-    /// `labels`: the input that takes the labels, if any.
-    pub fn new(inputs: &[(String, Option<i32>)], labels: Option<&str>) -> Result<TokenFeed, String> {
+    /// `inputs`: the data inputs as declared; `labels`: the input that takes the
+    /// labels, if any (per token, or one class per row when it is declared 1-D).
+    pub fn new(inputs: &[DataInput], labels: Option<&str>) -> Result<TokenFeed, String> {
         let mut out = vec![];
-        for (name, dtype) in inputs {
+        for DataInput { name, dtype, rank } in inputs {
             let source = match name.as_str() {
                 "input_ids" => TokenSource::Ids,
+                n if Some(n) == labels && *rank == Some(1) => TokenSource::Classes,
                 n if Some(n) == labels => TokenSource::Labels,
                 "attention_mask" => TokenSource::AttentionMask,
                 "position_ids" => TokenSource::PositionIds,
@@ -76,7 +90,7 @@ impl TokenFeed {
             out.push((name.clone(), source, dtype));
         }
         if !out.iter().any(|(_, s, _)| *s == TokenSource::Ids) {
-            let names: Vec<&str> = inputs.iter().map(|(n, _)| n.as_str()).collect();
+            let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(format!(
                 "the model's inputs ({}) cannot be fed from JSONL token data: it has no 'input_ids' input",
                 names.join(", ")
@@ -85,8 +99,8 @@ impl TokenFeed {
         Ok(TokenFeed { inputs: out })
     }
 
-    /// The data inputs of `graph` (graph inputs that are not initializers) with their
-    /// declared element types, and a feed for them.
+    /// The data inputs of `graph` (graph inputs that are not initializers) as
+    /// declared, and a feed for them.
     pub fn of_graph(graph: &GraphProto, labels: Option<&str>) -> Result<TokenFeed, String> {
         TokenFeed::new(&data_inputs(graph), labels)
     }
@@ -96,51 +110,62 @@ impl TokenFeed {
         self.inputs.iter().map(|(n, s, _)| (n.as_str(), *s))
     }
 
+    /// Whether an input takes one class per row (every example needs a "label").
+    pub fn needs_classes(&self) -> bool {
+        self.sources().any(|(_, s)| s == TokenSource::Classes)
+    }
+
     /// One tensor per input for a batch: `ids` `[rows, len]` INT64, right-padded;
-    /// `labels` INT64, `[rows, len]` or one class per row `[rows]` (`None`: the ids);
-    /// `lengths[r]` real tokens in row `r`.
+    /// `labels` `[rows, len]` INT64 (`None`: the ids); `classes` `[rows]` INT64, one per
+    /// row, when the examples have them; `lengths[r]` real tokens in row `r`.
     pub fn fill<'a>(
         &'a self,
         ids: &HostTensor,
         labels: Option<&HostTensor>,
+        classes: Option<&HostTensor>,
         lengths: &[usize],
-    ) -> Vec<(&'a str, HostTensor)> {
+    ) -> Result<Vec<(&'a str, HostTensor)>, String> {
         let shape = ids.shape().to_vec();
         let (rows, len) = (shape[0], shape.get(1).copied().unwrap_or(1));
-        let values = |source: TokenSource| -> Vec<i64> {
-            match source {
-                TokenSource::Ids => ids.clone().into_i64(),
-                TokenSource::Labels => labels.map(|l| l.clone().into_i64()).unwrap_or_else(|| ids.clone().into_i64()),
-                TokenSource::AttentionMask => (0..rows)
-                    .flat_map(|r| (0..len).map(move |t| i64::from(t < lengths.get(r).copied().unwrap_or(len))))
-                    .collect(),
-                TokenSource::PositionIds => (0..rows).flat_map(|_| 0..len as i64).collect(),
-                TokenSource::TokenTypeIds => vec![0; rows * len],
-            }
-        };
-        self.inputs
-            .iter()
-            .map(|(name, source, dtype)| {
-                let v = values(*source);
-                // Labels keep their own shape ([rows] for one class per row).
-                let shape = match (source, labels) {
-                    (TokenSource::Labels, Some(l)) => l.shape().to_vec(),
-                    _ => shape.clone(),
-                };
-                (name.as_str(), encode(*source, *dtype, &shape, &v).expect("element type checked in new"))
-            })
-            .collect()
+        let mut out = vec![];
+        for (name, source, dtype) in &self.inputs {
+            let (values, shape) = match source {
+                TokenSource::Ids => (ids.clone().into_i64(), shape.clone()),
+                TokenSource::Labels => (labels.unwrap_or(ids).clone().into_i64(), shape.clone()),
+                TokenSource::Classes => {
+                    let c = classes.ok_or_else(|| {
+                        format!("input '{name}' takes one class per example: every JSONL line needs a \"label\"")
+                    })?;
+                    (c.clone().into_i64(), c.shape().to_vec())
+                }
+                TokenSource::AttentionMask => {
+                    let real = |r: usize| lengths.get(r).copied().unwrap_or(len);
+                    ((0..rows).flat_map(|r| (0..len).map(move |t| i64::from(t < real(r)))).collect(), shape.clone())
+                }
+                TokenSource::PositionIds => ((0..rows).flat_map(|_| 0..len as i64).collect(), shape.clone()),
+                TokenSource::TokenTypeIds => (vec![0; rows * len], shape.clone()),
+            };
+            out.push((name.as_str(), encode(*source, *dtype, &shape, &values).expect("element type checked in new")));
+        }
+        Ok(out)
     }
 }
 
-/// Graph inputs that are not initializers, with their declared element types.
-pub fn data_inputs(graph: &GraphProto) -> Vec<(String, Option<i32>)> {
+/// Graph inputs that are not initializers, as declared.
+pub fn data_inputs(graph: &GraphProto) -> Vec<DataInput> {
     let weights: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
     graph
         .input
         .iter()
         .filter(|i| !weights.contains(i.name()))
-        .map(|i| (i.name().to_string(), declared(i).map(|d| d.0)))
+        .map(|i| {
+            let d = declared(i);
+            DataInput {
+                name: i.name().to_string(),
+                dtype: d.as_ref().map(|d| d.0),
+                rank: d.and_then(|d| d.1).map(|s| s.len()),
+            }
+        })
         .collect()
 }
 
@@ -167,8 +192,12 @@ mod tests {
     use super::*;
 
     fn feed(names: &[(&str, DataType)]) -> Result<TokenFeed, String> {
-        let inputs: Vec<_> = names.iter().map(|(n, d)| (n.to_string(), Some(*d as i32))).collect();
-        TokenFeed::new(&inputs, Some("labels"))
+        let rank = |n: &str| Some(if n == "classes" { 1 } else { 2 });
+        let inputs: Vec<_> = names
+            .iter()
+            .map(|(n, d)| DataInput { name: n.to_string(), dtype: Some(*d as i32), rank: rank(n) })
+            .collect();
+        TokenFeed::new(&inputs, Some(if names.iter().any(|(n, _)| *n == "classes") { "classes" } else { "labels" }))
     }
 
     #[test]
@@ -183,7 +212,7 @@ mod tests {
         .unwrap();
         let ids = HostTensor::i64(&[2, 3], vec![5, 6, 7, 8, 0, 0]);
         let labels = HostTensor::i64(&[2, 3], vec![5, 6, 7, 8, -100, -100]);
-        let out = f.fill(&ids, Some(&labels), &[3, 1]);
+        let out = f.fill(&ids, Some(&labels), None, &[3, 1]).unwrap();
         let get = |n: &str| out.iter().find(|(name, _)| *name == n).unwrap().1.clone();
         assert_eq!(get("input_ids"), ids);
         assert_eq!(get("labels"), labels);
@@ -191,6 +220,18 @@ mod tests {
         let pos = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0, 1, 2, 0, 1, 2]).unwrap();
         assert_eq!(get("position_ids"), HostTensor::I32(pos));
         assert_eq!(get("token_type_ids"), HostTensor::i64(&[2, 3], vec![0; 6]));
+    }
+
+    #[test]
+    fn a_labels_input_of_rank_one_takes_one_class_per_row() {
+        let f = feed(&[("input_ids", DataType::Int64), ("classes", DataType::Int64)]).unwrap();
+        assert!(f.needs_classes());
+        let ids = HostTensor::i64(&[2, 2], vec![5, 6, 7, 0]);
+        let classes = HostTensor::i64(&[2], vec![1, 0]);
+        let out = f.fill(&ids, None, Some(&classes), &[2, 1]).unwrap();
+        assert_eq!(out[1], ("classes", classes));
+        let err = f.fill(&ids, None, None, &[2, 1]).unwrap_err();
+        assert!(err.contains("'classes' takes one class per example"), "{err}");
     }
 
     #[test]

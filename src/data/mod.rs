@@ -12,7 +12,7 @@ mod feed;
 mod jsonl;
 
 pub use batch::{Batch, Batcher};
-pub use feed::{data_inputs, TokenFeed, TokenSource};
+pub use feed::{data_inputs, DataInput, TokenFeed, TokenSource};
 pub use jsonl::{parse_line, read_jsonl, tokenize, DataError, Example, Tokenized};
 
 /// Turns text into token ids (a `tokenizer.json`, or anything else).

@@ -34,7 +34,7 @@ pub fn completion_loss(
     for chunk in tokenized.chunks(batch.max(1)) {
         let refs: Vec<_> = chunk.iter().collect();
         let b = Batch::new(&refs, tokenizer.pad());
-        let out = session.run(&feeds.fill(&b.input_ids, None, &b.lengths))?;
+        let out = session.run(&feeds.fill(&b.input_ids, None, None, &b.lengths).map_err(anyhow::Error::msg)?)?;
         let logits = logits_of(&out, model)?;
         let labels = b.labels.clone().into_i64();
         let (rows, len, vocab) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
@@ -126,7 +126,8 @@ impl Greedy {
         let ids = rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad).take(len - r.len())));
         let last = rows.iter().map(|r| r.len() as i64 - 1).collect();
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
-        let mut feed = self.feed.fill(&HostTensor::i64(&shape, ids.collect()), None, &lengths);
+        let ids = HostTensor::i64(&shape, ids.collect());
+        let mut feed = self.feed.fill(&ids, None, None, &lengths).map_err(anyhow::Error::msg)?;
         feed.push(("last_index", HostTensor::i64(&[rows.len(), 1], last)));
         let out = self.session.run(&feed)?;
         let (_, next) = out.into_iter().find(|(n, _)| n == "next_token").context("greedy wrapper: no next_token")?;

@@ -111,7 +111,7 @@ impl Profiler {
 
     /// Runs one batch; returns per site its `[k, n]` sums and the count they cover.
     pub fn run(&mut self, batch: &TokenBatch) -> anyhow::Result<Vec<(Vec<f32>, u64)>> {
-        let mut feeds = batch.feeds(&self.inputs);
+        let mut feeds = batch.feeds(&self.inputs)?;
         feeds.push((MASK_INPUT, batch.mask.clone()));
         let out: std::collections::HashMap<String, HostTensor> =
             self.session.session.run(&feeds)?.into_iter().collect();

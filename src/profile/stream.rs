@@ -33,7 +33,8 @@ impl TokenInputs {
     /// Checks that token data can feed every input of `graph` (an error names the
     /// model and the input that cannot be fed).
     pub fn of(graph: &Graph, model: &str) -> anyhow::Result<TokenInputs> {
-        let feed = TokenFeed::of_graph(&graph.to_proto(), None).map_err(|e| anyhow!("{model}: {e}"))?;
+        // A model with its own loss takes `labels` too (Hugging Face's convention).
+        let feed = TokenFeed::of_graph(&graph.to_proto(), Some("labels")).map_err(|e| anyhow!("{model}: {e}"))?;
         let ids = graph.inputs().find(|i| i.name() == "input_ids").expect("TokenFeed checked it");
         let dims = declared(ids).and_then(|d| d.1).unwrap_or_default();
         if dims.len() != 2 {
@@ -76,7 +77,7 @@ pub struct TokenBatch {
 
 impl TokenBatch {
     /// The model inputs for this batch: `input_ids` and whatever else it declares.
-    pub fn feeds<'a>(&self, inputs: &'a TokenInputs) -> Vec<(&'a str, HostTensor)> {
+    pub fn feeds<'a>(&self, inputs: &'a TokenInputs) -> anyhow::Result<Vec<(&'a str, HostTensor)>> {
         let mask = self.mask.as_f32().expect("FLOAT mask");
         let len = self.input_ids.shape()[1];
         let lengths: Vec<usize> = mask
@@ -85,7 +86,7 @@ impl TokenBatch {
             .chunks(len.max(1))
             .map(|row| row.iter().filter(|&&m| m > 0.0).count())
             .collect();
-        inputs.feed.fill(&self.input_ids, None, &lengths)
+        inputs.feed.fill(&self.input_ids, Some(&self.labels), self.classes.as_ref(), &lengths).map_err(|e| anyhow!(e))
     }
 }
 

@@ -182,7 +182,7 @@ fn gradient_scores(
     let mut tokens = 0;
     while let Some(batch) = stream.next() {
         let batch = batch?;
-        let mut feeds = batch.feeds(&inputs);
+        let mut feeds = batch.feeds(&inputs)?;
         if let Some(l) = &labels {
             let values = match (scorer.per_row, &batch.classes) {
                 (false, _) => batch.labels.clone(),

@@ -8,12 +8,9 @@
 //! [`Encode`] implementation (in [`crate::profile`], shared with profiling).
 
 use crate::artifact::Plan;
-use crate::data::{read_jsonl, tokenize, Batch, Encode, TokenFeed, Tokenized};
-use crate::onnx::make::declared;
-use crate::passes::append_loss::SEQUENCE_CLASSIFICATION;
+use crate::data::{data_inputs, read_jsonl, tokenize, Batch, DataInput, Encode, TokenFeed, Tokenized};
 use crate::runtime::ort::HostTensor;
 use anyhow::{anyhow, bail, Context};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The examples of one data file, tokenized and truncated.
@@ -52,44 +49,47 @@ pub fn short_sha256(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct Feeder {
     feed: TokenFeed,
-    /// The labels are one class per example (sequence classification), not per token.
-    classify: bool,
 }
 
 impl Feeder {
     /// Checks that JSONL batches can feed every data input of the artifacts in `dir`
-    /// (names from the plan, element types as `train_step.onnx` declares them).
+    /// (names from the plan, element types and ranks as `train_step.onnx` declares
+    /// them). The labels go to the input neft's loss added, or, for a model's own loss
+    /// output, to its `labels` input: per token (Hugging Face's convention: the ids,
+    /// -100 on padding and prompts; the model shifts them), or one class per row when
+    /// that input is 1-D.
     pub fn new(plan: &Plan, dir: &Path) -> anyhow::Result<Feeder> {
-        let classify = plan.loss.kind == SEQUENCE_CLASSIFICATION;
-        if plan.loss.kind != "causal-lm" && !classify {
-            bail!(
-                "these artifacts train on the model's own loss output '{}' (inputs: {}); JSONL data feed only \
-                 causal-LM and sequence-classification artifacts (compiled with a 'logits' output and --loss \
-                 auto or causal-lm)",
-                plan.loss.loss,
-                plan.data_inputs.join(", ")
-            );
-        }
+        let labels = match plan.loss.kind.as_str() {
+            "output" => plan.data_inputs.iter().find(|n| *n == "labels").cloned(),
+            _ => plan.loss.labels.clone(),
+        };
         let path = dir.join("train_step.onnx");
         let model = crate::onnx::load(&path)?;
-        let types: HashMap<&str, i32> =
-            model.graph().input.iter().filter_map(|i| declared(i).map(|d| (i.name(), d.0))).collect();
-        let inputs: Vec<(String, Option<i32>)> =
-            plan.data_inputs.iter().map(|n| (n.clone(), types.get(n.as_str()).copied())).collect();
-        let feed =
-            TokenFeed::new(&inputs, plan.loss.labels.as_deref()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        Ok(Feeder { feed, classify })
+        let declared = data_inputs(model.graph());
+        let inputs: Vec<DataInput> = plan
+            .data_inputs
+            .iter()
+            .map(|n| {
+                declared.iter().find(|d| d.name == *n).cloned().unwrap_or(DataInput {
+                    name: n.clone(),
+                    dtype: None,
+                    rank: None,
+                })
+            })
+            .collect();
+        let feed = TokenFeed::new(&inputs, labels.as_deref()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(Feeder { feed })
     }
 
-    /// Checks that `data` hold what the loss needs: a "label" on every example for
-    /// sequence classification, none for a causal LM.
+    /// Checks that `data` hold what the loss needs: a "label" on every example where
+    /// the labels are one class per row, none elsewhere.
     pub fn check(&self, data: &Dataset) -> anyhow::Result<()> {
         let file = data.file.display();
-        let (want, line) = match self.classify {
-            true => ("sequence-classification artifacts need a \"label\" (a class) on every line", {
+        let (want, line) = match self.feed.needs_classes() {
+            true => ("these artifacts need a \"label\" (a class) on every line", {
                 data.examples.iter().position(|e| e.class.is_none())
             }),
-            false => ("causal-LM artifacts take token labels, not a \"label\" per line", {
+            false => ("these artifacts take token labels, not a \"label\" per line", {
                 data.examples.iter().position(|e| e.class.is_some())
             }),
         };
@@ -99,8 +99,9 @@ impl Feeder {
         }
     }
 
-    pub fn feed<'a>(&'a self, batch: &Batch) -> Vec<(&'a str, HostTensor)> {
-        let labels = if self.classify { batch.classes.as_ref() } else { Some(&batch.labels) };
-        self.feed.fill(&batch.input_ids, labels, &batch.lengths)
+    pub fn feed<'a>(&'a self, batch: &Batch) -> anyhow::Result<Vec<(&'a str, HostTensor)>> {
+        self.feed
+            .fill(&batch.input_ids, Some(&batch.labels), batch.classes.as_ref(), &batch.lengths)
+            .map_err(|e| anyhow!(e))
     }
 }

@@ -287,7 +287,7 @@ impl<'a> Run<'a> {
     }
 
     fn one_step(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        let out = self.trainer.step(&self.feeder.feed(batch), self.settings.lr)?;
+        let out = self.trainer.step(&self.feeder.feed(batch)?, self.settings.lr)?;
         self.step += 1;
         self.tokens += batch.tokens as u64;
         let mut record = record(self.step, &out, self.settings.lr, batch.tokens as u64, self.tokens, self.seconds());
@@ -402,7 +402,7 @@ fn evaluate(
     let Some(batches) = eval else { return Ok(None) };
     let (mut sum, mut count) = (0.0f64, 0.0f64);
     for b in batches.iter().filter(|b| b.tokens > 0) {
-        let (loss, _) = trainer.eval(&feeder.feed(b))?;
+        let (loss, _) = trainer.eval(&feeder.feed(b)?)?;
         sum += loss as f64 * b.tokens as f64;
         count += b.tokens as f64;
     }
