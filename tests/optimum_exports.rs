@@ -1,7 +1,8 @@
-//! Graphs written by Hugging Face's exporter (optimum-onnx, `text-generation` without
-//! past; `models/fixtures/export_optimum.py`), run end to end from the command line:
-//! `neft compile` (a neurons file, or `--data` for activation selection), `neft
-//! train` feeding `input_ids`, `attention_mask` and `position_ids`; one SGD step
+//! Graphs written by Hugging Face's exporter (optimum-onnx: `text-generation` without
+//! past, `text-classification`; `models/fixtures/export_optimum.py`), and one Llama
+//! whose graph computes its own loss, run end to end from the command line:
+//! `neft compile` (a neurons file, or `--data` for selection), `neft train` feeding
+//! `input_ids`, `attention_mask`, `position_ids`, `token_type_ids` and labels; one SGD step
 //! moves the selected rows by exactly -lr times PyTorch's gradient; frozen values stay
 //! bit for bit; eight steps lower the loss.
 
@@ -246,8 +247,16 @@ fn bert_classifier_one_sgd_step_equals_pytorch_with_its_padding_masked() {
 }
 
 #[test]
+fn a_graph_with_its_own_loss_trains_on_jsonl_labels_like_pytorch() {
+    // `model(input_ids, attention_mask, labels=labels).loss` exported: the labels input
+    // gets the ids with -100 on padding, and the model shifts them itself.
+    let err = one_step_matches_pytorch("llama_loss");
+    eprintln!("llama_loss: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
 fn every_export_trains_eight_steps_from_a_neurons_file() {
-    for name in ["llama", "qwen2", "gpt2", "bert"] {
+    for name in ["llama", "qwen2", "gpt2", "bert", "llama_loss"] {
         compile_and_train(name);
     }
 }
@@ -336,11 +345,7 @@ fn labels_must_fit_the_loss_the_artifacts_were_compiled_with() {
     compile(dir, "bert", &bert);
     let out = neft(&["train", "art", "--data", "tokens.jsonl", "--steps", "1"], dir);
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("tokens.jsonl: example 1: these artifacts need a \"label\""),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("tokens.jsonl: example 1: these artifacts need a \"label\""), "{}", stderr(&out));
     compile(dir, "llama", &reference("llama"));
     let out = neft(&["train", "art", "--data", "classes.jsonl", "--steps", "1"], dir);
     assert!(!out.status.success());
