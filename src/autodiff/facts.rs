@@ -446,3 +446,53 @@ pub(crate) fn dim_specs(shape: &[Dim]) -> Vec<DimSpec> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::attr;
+    use crate::onnx::make::{node, tensor_i64, value_info};
+    use crate::onnx::proto::GraphProto;
+
+    /// Where nothing is inferred (as past an op tract stops on), ranks and the easy
+    /// dimensions still follow the ops: what the gradient rules need to pick a form.
+    #[test]
+    fn ranks_propagate_where_inference_stopped() {
+        let x = value_info("x", DataType::Float, &["b".into(), "s".into(), 32.into()]);
+        let g = GraphProto {
+            input: vec![x],
+            initializer: vec![
+                tensor_i64("shape", &[4], &[0, 0, 4, 8]),
+                tensor_i64("axes", &[1], &[-1]),
+                tensor_i64("idx", &[2], &[0, 1]),
+            ],
+            node: vec![
+                node("Flatten", &["x"], &["flat"], vec![]), // tract's failure: the rest is ours
+                node("Reshape", &["x", "shape"], &["heads"], vec![]),
+                node("Transpose", &["heads"], &["t"], vec![attr::ints("perm", &[0, 2, 1, 3])]),
+                node("ReduceMean", &["t", "axes"], &["m"], vec![]),
+                node("Unsqueeze", &["flat", "axes"], &["u"], vec![]),
+                node("Gather", &["x", "idx"], &["gx"], vec![attr::int("axis", 1)]),
+                node("Transpose", &["t"], &["kt"], vec![attr::ints("perm", &[0, 1, 3, 2])]),
+                node("MatMul", &["t", "kt"], &["scores"], vec![]),
+                node("Add", &["scores", "flat"], &["masked"], vec![]),
+                node("Shape", &["masked"], &["sh"], vec![]),
+            ],
+            ..Default::default()
+        };
+        let graph = Graph::from_proto(&g).unwrap();
+        let facts = Facts::new(&graph, HashMap::new());
+        let sym = |s: &str| Dim::Symbolic(s.into());
+        let k = Dim::Known;
+        assert_eq!(facts.shape("flat"), Some(&[Dim::Unknown, Dim::Unknown][..]));
+        assert_eq!(facts.shape("heads"), Some(&[sym("b"), sym("s"), k(4), k(8)][..]));
+        assert_eq!(facts.shape("t"), Some(&[sym("b"), k(4), sym("s"), k(8)][..]));
+        assert_eq!(facts.shape("m"), Some(&[sym("b"), k(4), sym("s"), k(1)][..]));
+        assert_eq!(facts.rank("u"), Some(3));
+        assert_eq!(facts.shape("gx"), Some(&[sym("b"), k(2), k(32)][..]));
+        assert_eq!(facts.shape("scores"), Some(&[sym("b"), k(4), sym("s"), sym("s")][..]));
+        assert_eq!(facts.rank("masked"), Some(4), "a broadcast is as wide as its widest input");
+        assert_eq!(facts.shape("sh"), Some(&[k(4)][..]));
+        assert_eq!(facts.dtype("sh"), Some(DataType::Int64 as i32));
+    }
+}
