@@ -153,7 +153,7 @@ fn batches(model: &neft::onnx::Model, data: &Path, a: &Args) -> anyhow::Result<(
 }
 
 /// A plain forward pass whose outputs stay in ONNX Runtime (nothing copied out).
-fn forward(session: &mut Session, feeds: &[(&'static str, HostTensor)]) -> anyhow::Result<()> {
+fn forward(session: &mut Session, feeds: &[(&str, HostTensor)]) -> anyhow::Result<()> {
     let mut values: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![];
     for (name, t) in feeds {
         let HostTensor::I64(a) = t else { anyhow::bail!("token inputs are INT64") };
@@ -191,7 +191,7 @@ fn throughput(model_path: &Path, data: &Path, a: &Args) -> anyhow::Result<()> {
     let sites = (every.sites.len(), mlp_only.sites.len(), mlp_one.sites.len());
     type Run<'a> = Box<dyn FnMut(&TokenBatch) -> anyhow::Result<()> + 'a>;
     let mut runs: Vec<(&str, Run)> = vec![
-        ("plain forward (ORT CPU)", Box::new(|b: &TokenBatch| forward(&mut plain, &b.feeds(&inputs)))),
+        ("plain forward (ORT CPU)", Box::new(|b: &TokenBatch| forward(&mut plain, &b.feeds(&inputs)?))),
         ("profile: every layer, 5 statistics", Box::new(|b: &TokenBatch| every.run(b).map(drop))),
         ("  same, standard ops", Box::new(|b: &TokenBatch| every_std.run(b).map(drop))),
         ("profile: MLP layers, 5 statistics", Box::new(|b: &TokenBatch| mlp_only.run(b).map(drop))),

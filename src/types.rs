@@ -153,11 +153,13 @@ impl std::str::FromStr for LossSpec {
 pub struct LossInfo {
     /// The scalar loss output.
     pub loss: String,
-    /// `output` (the model's own) or `causal-lm` (appended).
+    /// `output` (the model's own), or appended: `causal-lm` or `sequence-classification`.
     pub kind: String,
-    /// The labels input added for `causal-lm`.
+    /// The labels input added for an appended loss (`[batch, seq]`, or `[batch]` for
+    /// sequence classification).
     pub labels: Option<String>,
-    /// A scalar output counting the tokens the loss averages over (`causal-lm`).
+    /// A scalar output counting the tokens (rows, for sequence classification) the loss
+    /// averages over.
     pub tokens: Option<String>,
 }
 

@@ -92,6 +92,8 @@ struct Case {
     /// Whether symbolic dimensions may take other sizes (not when a constant input
     /// fixes them).
     resizable: bool,
+    /// Inputs declared without a shape, so not even their rank is known.
+    unranked: Vec<usize>,
 }
 
 fn case(name: &str, op: &'static str, inputs: Vec<In>) -> Case {
@@ -106,6 +108,7 @@ fn case(name: &str, op: &'static str, inputs: Vec<In>) -> Case {
         opset: 18,
         tract: true,
         resizable: true,
+        unranked: vec![],
     }
 }
 
@@ -131,6 +134,12 @@ impl Case {
         self
     }
     fn no_tract(mut self) -> Case {
+        self.tract = false;
+        self
+    }
+    /// Declares input `k` without a shape (rules must work from `Shape` at run time).
+    fn unranked(mut self, k: usize) -> Case {
+        self.unranked.push(k);
         self.tract = false;
         self
     }
@@ -229,6 +238,10 @@ fn cases() -> Vec<Case> {
         case("matmul_1d_2d", "MatMul", vec![var(&[4]), var(&[4, 3])]),
         case("matmul_3d_1d", "MatMul", vec![var(&[2, 3, 4]), var(&[4])]),
         case("matmul_1d_1d", "MatMul", vec![var(&[4]), var(&[4])]),
+        // An activation of unknown rank times a 2-D weight (what a real export leaves
+        // where shape inference stops): 3-D and 1-D at run time.
+        case("matmul_unranked_3d_2d", "MatMul", vec![var(&[2, 3, 4]), cst(&[4, 5])]).unranked(0),
+        case("matmul_unranked_1d_2d", "MatMul", vec![var(&[4]), var(&[4, 3])]).unranked(0),
         case("gemm", "Gemm", vec![var(&[3, 4]), var(&[4, 5]), var(&[5])]),
         case("gemm_transb", "Gemm", vec![var(&[3, 4]).sym(0, "batch"), var(&[5, 4]), var(&[5])]).attr(i("transB", 1)),
         case("gemm_transa", "Gemm", vec![var(&[4, 3]), var(&[4, 5]), var(&[3, 1])]).attr(i("transA", 1)),
@@ -424,7 +437,10 @@ fn build(c: &Case, rng: &mut Rng, resized: bool) -> (ModelProto, Vec<(String, Ho
         let name = format!("x{k}");
         match input {
             In::Var { dims, lo, hi, sym } => {
-                inputs.push(make::value_info(&name, dt, &dims_of(dims, sym)));
+                inputs.push(match c.unranked.contains(&k) {
+                    true => make::value_info_unshaped(&name, dt),
+                    false => make::value_info(&name, dt, &dims_of(dims, sym)),
+                });
                 let mut dims = dims.clone();
                 for (axis, s) in sym.iter().filter(|_| resized) {
                     dims[*axis] = RESIZED.iter().find(|(n, _)| n == s).map(|(_, v)| *v).unwrap_or(dims[*axis]);

@@ -82,3 +82,20 @@ fn batches_pad_with_ignored_labels_and_shuffle_by_seed() {
     }
     assert_eq!(batch.tokens, 2 + 0 + 1 + 3, "counted labels after the shift");
 }
+
+#[test]
+fn classification_lines_carry_one_class_and_batch_it_per_row() {
+    let (_d, path) = write("{\"text\":\"hi\",\"label\":2}\n{\"input_ids\":[5,6,7],\"label\":0}\n");
+    let ex = read_jsonl(&path).unwrap();
+    let t = tokenize(&ex, Some(&Bytes), 16).unwrap();
+    assert_eq!((t[0].input_ids.clone(), t[0].class), (vec![104, 105], Some(2)), "no end-of-sequence appended");
+    assert_eq!(t[1].labels, [-100, -100, -100], "no token counts in a per-row loss");
+    let b = neft::data::Batch::new(&t.iter().collect::<Vec<_>>(), 0);
+    assert_eq!(b.classes, Some(neft::runtime::ort::HostTensor::i64(&[2], vec![2, 0])));
+    assert_eq!((b.tokens, b.lengths.clone()), (2, vec![2, 3]));
+    for bad in ["{\"text\":\"a\",\"input_ids\":[1],\"label\":1}", "{\"input_ids\":[1],\"labels\":[1],\"label\":1}"] {
+        let (_d, path) = write(bad);
+        let err = read_jsonl(&path).unwrap_err().to_string();
+        assert!(err.contains(":1:") && err.contains("\"label\": class"), "{err}");
+    }
+}

@@ -78,10 +78,16 @@ pub struct Structure {
     pub mlps: Vec<MlpUnits>,
 }
 
+/// Whether a layer is a linear layer with an `[in, out]` weight: `MatMul`, or a
+/// `Gemm` without `transB` (GPT-2's Conv1D, exported on flattened rows).
+fn in_out_linear(l: &Layer) -> bool {
+    l.kind == LayerKind::MatMul || (l.kind == LayerKind::Gemm && l.axis == 1)
+}
+
 pub fn analyze_structure(graph: &Graph, layers: &[Layer]) -> Structure {
     let by_output: HashMap<String, &Layer> = layers
         .iter()
-        .filter(|l| l.kind == LayerKind::MatMul)
+        .filter(|l| in_out_linear(l))
         .flat_map(|l| {
             graph
                 .consumers(&l.weight)
@@ -97,13 +103,16 @@ pub fn analyze_structure(graph: &Graph, layers: &[Layer]) -> Structure {
         match node.op_type() {
             "Softmax" => {
                 if let Some(found) = attention(graph, idx, &by_output) {
-                    for (role, w) in found {
-                        roles.entry(w).or_insert(Role { block: Some(attn_blocks), role: role.into() });
+                    for (role, w) in &found {
+                        // One weight behind several of q, k and v: a fused projection (GPT-2's c_attn).
+                        let fused = found.iter().filter(|(r, x)| x == w && r != role && *r != "attn.o").count() > 0;
+                        let role = if fused && *role != "attn.o" { "attn.qkv" } else { role };
+                        roles.entry(w.clone()).or_insert(Role { block: Some(attn_blocks), role: role.into() });
                     }
                     attn_blocks += 1;
                 }
             }
-            "MatMul" => {
+            "MatMul" | "Gemm" => {
                 let Some(down) = by_output.get(&node.output[0]) else { continue };
                 let ffn = down.shape[0];
                 let feeders: Vec<&Layer> =
@@ -120,7 +129,7 @@ pub fn analyze_structure(graph: &Graph, layers: &[Layer]) -> Structure {
                             units: ffn as usize,
                         })
                     }
-                    [up] if activated(graph, &up.weight) => Some(MlpUnits {
+                    [up] if activated(graph, &up.weight) || activated_later(graph, &up.weight) => Some(MlpUnits {
                         block,
                         gate: None,
                         up: up.weight.clone(),
@@ -188,7 +197,7 @@ fn attention(
             found.push((role, l.weight.clone()));
         }
     }
-    let o = find_forward(graph, &pv_op.output[0], |op| op == "MatMul")?;
+    let o = find_forward(graph, &pv_op.output[0], |op| op == "MatMul" || op == "Gemm")?;
     if let Some(l) = by_output.get(&graph.op(o)?.output[0]) {
         found.push(("attn.o", l.weight.clone()));
     }
@@ -206,8 +215,8 @@ fn sources<'a>(graph: &Graph, value: &str, by_output: &HashMap<String, &'a Layer
     })
 }
 
-/// The layers feeding an MLP's down projection: through activations, gating products
-/// and additions of constants (biases), but never through a residual addition.
+/// The layers feeding an MLP's down projection: through activations, gating products,
+/// additions of constants (biases) and reshapes, but never through a residual addition.
 fn mlp_sources<'a>(graph: &Graph, value: &str, by_output: &HashMap<String, &'a Layer>) -> Vec<&'a Layer> {
     const MLP_GLUE: &[&str] = &[
         "Mul", "Div", "Add", "Sub", "Sigmoid", "Tanh", "Relu", "Erf", "Gelu", "Silu", "Softplus", "Cast", "Identity",
@@ -218,6 +227,10 @@ fn mlp_sources<'a>(graph: &Graph, value: &str, by_output: &HashMap<String, &'a L
             || graph.producer(name).and_then(|p| graph.op(p.0)).is_some_and(|o| o.op_type() == "Constant")
     };
     trace_layers(graph, value, by_output, |op| {
+        // Reshapes between flattened rows and [batch, seq, n] (GPT-2's Conv1D): the data only.
+        if matches!(op.op_type(), "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze") {
+            return op.input.first().cloned().into_iter().collect();
+        }
         let variable: Vec<String> = op.input.iter().filter(|i| !i.is_empty() && !constant(i)).cloned().collect();
         let residual = variable.len() > 1 && op.op_type() != "Mul";
         if MLP_GLUE.contains(&op.op_type()) && !residual {
@@ -317,6 +330,17 @@ fn activated(graph: &Graph, weight: &str) -> bool {
                 })
             })
     })
+}
+
+/// Whether a layer's output reaches an activation function through reshapes and
+/// elementwise arithmetic (GPT-2's tanh GELU, written as Mul, Pow, Add, Tanh after a
+/// Reshape back from flattened rows).
+fn activated_later(graph: &Graph, weight: &str) -> bool {
+    graph
+        .consumers(weight)
+        .iter()
+        .filter_map(|(n, _)| graph.op(*n)?.output.first().cloned())
+        .any(|y| find_forward(graph, &y, |op| ACTIVATIONS.contains(&op)).is_some())
 }
 
 fn reaches_output(graph: &Graph, value: &str, outputs: &HashSet<&str>) -> bool {

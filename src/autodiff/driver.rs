@@ -26,8 +26,11 @@ pub(crate) fn run(source: &Graph, seeds: Seeds, wrt: &[TensorName], opts: &GradO
     let mut report = GradReport { forward: count_ops(&graph), ..Default::default() };
     let opset = opset::raise(&mut graph, opts.opset)?;
     let model = Model::new(make::model(graph.to_proto(), opset), &opts.model_dir);
-    let inferred = match tract::infer(&model) {
-        Ok(f) => f,
+    let inferred = match tract::infer_partial(&model) {
+        Ok((f, failure)) => {
+            report.inference_warning = failure.map(|e| format!("{e:#}"));
+            f
+        }
         Err(e) => {
             report.inference_warning = Some(format!("{e:#}"));
             HashMap::new()

@@ -50,7 +50,8 @@ pub enum AutodiffError {
     NotFloat { name: String, dtype: String },
     #[error("node {node}: no gradient rule for op '{op}' (it lies between '{input}' and the loss); rules exist for: {known}")]
     NoRule { node: String, op: String, input: String, known: String },
-    #[error("node {node} ({op}): its gradient rule does not support {what}")]
+    // `node` is `graph.describe(..)`, which already names the op.
+    #[error("node {node}: its gradient rule does not support {what}")]
     Unsupported { node: String, op: String, what: String },
     #[error("the element type of '{tensor}' is unknown (shape inference did not reach it and nothing declares it)")]
     UnknownType { tensor: String },

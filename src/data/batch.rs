@@ -9,6 +9,11 @@ pub struct Batch {
     pub labels: HostTensor,
     /// Label positions that count in the loss (after the causal shift).
     pub tokens: usize,
+    /// Real (unpadded) tokens of each row.
+    pub lengths: Vec<usize>,
+    /// `[batch]` INT64, one class per row, when every example has one (sequence
+    /// classification); `tokens` then counts the rows whose class is not -100.
+    pub classes: Option<HostTensor>,
 }
 
 impl Batch {
@@ -24,7 +29,19 @@ impl Batch {
             tokens += e.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count();
         }
         let shape = [examples.len(), len];
-        Batch { input_ids: HostTensor::i64(&shape, ids), labels: HostTensor::i64(&shape, labels), tokens }
+        let lengths = examples.iter().map(|e| e.input_ids.len()).collect();
+        let classes: Option<Vec<i64>> = examples.iter().map(|e| e.class).collect();
+        if let Some(c) = &classes {
+            tokens = c.iter().filter(|&&c| c != IGNORE_INDEX).count();
+        }
+        let classes = classes.map(|c| HostTensor::i64(&[c.len()], c));
+        Batch {
+            input_ids: HostTensor::i64(&shape, ids),
+            labels: HostTensor::i64(&shape, labels),
+            tokens,
+            lengths,
+            classes,
+        }
     }
 
     /// The named inputs a causal-LM artifact takes.

@@ -8,8 +8,20 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Example {
     Text(String),
-    PromptCompletion { prompt: String, completion: String },
-    Tokens { input_ids: Vec<i64>, labels: Option<Vec<i64>> },
+    PromptCompletion {
+        prompt: String,
+        completion: String,
+    },
+    Tokens {
+        input_ids: Vec<i64>,
+        labels: Option<Vec<i64>>,
+    },
+    /// A text or token ids with one class (sequence classification).
+    Classified {
+        text: Option<String>,
+        input_ids: Option<Vec<i64>>,
+        label: i64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +42,7 @@ struct Raw {
     completion: Option<String>,
     input_ids: Option<Vec<i64>>,
     labels: Option<Vec<i64>>,
+    label: Option<i64>,
 }
 
 /// Reads every line; the first bad line stops everything, naming file and line.
@@ -53,12 +66,27 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, DataError> {
 /// One non-empty JSONL line as an [`Example`]; the error says what is wrong with it.
 pub fn parse_line(line: &str) -> Result<Example, String> {
     let raw: Raw = serde_json::from_str(line).map_err(|e| format!("not a JSON object of a known shape: {e}"))?;
+    if raw.input_ids.as_ref().is_some_and(|i| i.is_empty()) {
+        return Err("\"input_ids\" is empty".into());
+    }
     Ok(match raw {
-        Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None } => Example::Text(t),
-        Raw { text: None, prompt: Some(prompt), completion: Some(completion), input_ids: None, labels: None } => {
-            Example::PromptCompletion { prompt, completion }
+        Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None, label: None } => {
+            Example::Text(t)
         }
-        Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels } => {
+        Raw {
+            text: None,
+            prompt: Some(prompt),
+            completion: Some(completion),
+            input_ids: None,
+            labels: None,
+            label: None,
+        } => Example::PromptCompletion { prompt, completion },
+        Raw { text, prompt: None, completion: None, input_ids, labels: None, label: Some(label) }
+            if text.is_some() != input_ids.is_some() =>
+        {
+            Example::Classified { text, input_ids, label }
+        }
+        Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels, label: None } => {
             if ids.is_empty() {
                 return Err("\"input_ids\" is empty".into());
             }
@@ -67,7 +95,11 @@ pub fn parse_line(line: &str) -> Result<Example, String> {
             }
             Example::Tokens { input_ids: ids, labels }
         }
-        _ => return Err("expected {\"text\"}, {\"prompt\",\"completion\"} or {\"input_ids\"[,\"labels\"]}".into()),
+        _ => {
+            return Err("expected {\"text\"}, {\"prompt\",\"completion\"}, {\"input_ids\"[,\"labels\"]}, or for \
+                        sequence classification {\"text\" or \"input_ids\", \"label\": class}"
+                .into())
+        }
     })
 }
 
@@ -76,6 +108,8 @@ pub fn parse_line(line: &str) -> Result<Example, String> {
 pub struct Tokenized {
     pub input_ids: Vec<i64>,
     pub labels: Vec<i64>,
+    /// The example's class, for sequence classification (its token labels are all -100).
+    pub class: Option<i64>,
 }
 
 /// Encodes examples, truncating to `seq_len` tokens. Prompts get label -100; texts and
@@ -85,6 +119,7 @@ pub fn tokenize(examples: &[Example], enc: Option<&dyn Encode>, seq_len: usize) 
     examples
         .iter()
         .map(|ex| {
+            let mut class = None;
             let (mut ids, mut labels) = match ex {
                 Example::Text(t) => {
                     let e = need()?;
@@ -103,10 +138,20 @@ pub fn tokenize(examples: &[Example], enc: Option<&dyn Encode>, seq_len: usize) 
                 Example::Tokens { input_ids, labels } => {
                     (input_ids.clone(), labels.clone().unwrap_or_else(|| input_ids.clone()))
                 }
+                // The tokenizer's own special tokens ([CLS] ... [SEP]), no end-of-sequence.
+                Example::Classified { text, input_ids, label } => {
+                    class = Some(*label);
+                    let ids = match (text, input_ids) {
+                        (Some(t), _) => need()?.encode(t)?,
+                        (None, ids) => ids.clone().unwrap_or_default(),
+                    };
+                    let labels = vec![IGNORE_INDEX; ids.len()];
+                    (ids, labels)
+                }
             };
             ids.truncate(seq_len);
             labels.truncate(seq_len);
-            Ok(Tokenized { input_ids: ids, labels })
+            Ok(Tokenized { input_ids: ids, labels, class })
         })
         .collect()
 }

@@ -4,12 +4,15 @@
 //! In: a JSONL file whose lines are `{"text"}`, `{"prompt","completion"}` (loss on the
 //! completion only) or pre-tokenized `{"input_ids","labels"}`, and a text encoder.
 //! Out: [`Batch`]es of `input_ids` and `labels` (`[batch, len]`, INT64), padded on the
-//! right with labels -100 so padding never counts in the loss.
+//! right with labels -100 so padding never counts in the loss; [`TokenFeed`] turns them
+//! into the inputs a model declares (`attention_mask`, `position_ids`, ...).
 
 mod batch;
+mod feed;
 mod jsonl;
 
 pub use batch::{Batch, Batcher};
+pub use feed::{data_inputs, DataInput, TokenFeed, TokenSource};
 pub use jsonl::{parse_line, read_jsonl, tokenize, DataError, Example, Tokenized};
 
 /// Turns text into token ids (a `tokenizer.json`, or anything else).

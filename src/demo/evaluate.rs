@@ -7,7 +7,7 @@
 //! reduced to the argmax inside the graph, so one token per row comes back per step
 //! instead of the whole `[batch, len, vocab]` tensor.
 
-use crate::data::{tokenize, Batch, Encode, Example};
+use crate::data::{tokenize, Batch, Encode, Example, TokenFeed};
 use crate::ir::attr;
 use crate::onnx::make::{self, DimSpec};
 use crate::onnx::{DataType, Model};
@@ -28,17 +28,13 @@ pub fn completion_loss(
     opts: &SessionOptions,
 ) -> anyhow::Result<(f64, usize)> {
     let mut session = Session::from_file(model, opts)?;
-    let wants_mask = session.input_names().iter().any(|n| n == "attention_mask");
+    let feeds = token_feed(model)?;
     let tokenized = tokenize(examples, Some(tokenizer), seq_len)?;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for chunk in tokenized.chunks(batch.max(1)) {
         let refs: Vec<_> = chunk.iter().collect();
         let b = Batch::new(&refs, tokenizer.pad());
-        let mut feed = vec![("input_ids", b.input_ids.clone())];
-        if wants_mask {
-            feed.push(("attention_mask", attention_mask(chunk.iter().map(|t| t.input_ids.len()), b.input_ids.shape())));
-        }
-        let out = session.run(&feed)?;
+        let out = session.run(&feeds.fill(&b.input_ids, None, None, &b.lengths).map_err(anyhow::Error::msg)?)?;
         let logits = logits_of(&out, model)?;
         let labels = b.labels.clone().into_i64();
         let (rows, len, vocab) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
@@ -74,16 +70,17 @@ fn log_sum_exp(row: &[f32]) -> f64 {
     max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln()
 }
 
-fn attention_mask(lengths: impl Iterator<Item = usize>, shape: &[usize]) -> HostTensor {
-    let len = shape[1];
-    let data = lengths.flat_map(|n| (0..len).map(move |t| i64::from(t < n))).collect();
-    HostTensor::i64(shape, data)
+/// How token batches fill the inputs `model` declares.
+fn token_feed(model: &Path) -> anyhow::Result<TokenFeed> {
+    let m = crate::onnx::load(model)?;
+    TokenFeed::of_graph(m.graph(), None).map_err(|e| anyhow::anyhow!("{}: {e}", model.display()))
 }
 
 /// Greedy decoding through the model's greedy wrapper.
 pub struct Greedy {
     session: Session,
-    wants_mask: bool,
+    /// The model's own inputs (the wrapper adds `last_index`).
+    feed: TokenFeed,
 }
 
 impl Greedy {
@@ -91,8 +88,7 @@ impl Greedy {
     pub fn open(model: &Path, opts: &SessionOptions) -> anyhow::Result<Greedy> {
         let wrapper = write_greedy_wrapper(model)?;
         let session = Session::from_file(&wrapper, opts)?;
-        let wants_mask = session.input_names().iter().any(|n| n == "attention_mask");
-        Ok(Greedy { session, wants_mask })
+        Ok(Greedy { session, feed: token_feed(model)? })
     }
 
     /// Continues each prompt with the most likely token until a token of `stop` (not
@@ -129,13 +125,10 @@ impl Greedy {
         let shape = [rows.len(), len];
         let ids = rows.iter().flat_map(|r| r.iter().copied().chain(std::iter::repeat(pad).take(len - r.len())));
         let last = rows.iter().map(|r| r.len() as i64 - 1).collect();
-        let mut feed = vec![
-            ("input_ids", HostTensor::i64(&shape, ids.collect())),
-            ("last_index", HostTensor::i64(&[rows.len(), 1], last)),
-        ];
-        if self.wants_mask {
-            feed.push(("attention_mask", attention_mask(rows.iter().map(|r| r.len()), &shape)));
-        }
+        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let ids = HostTensor::i64(&shape, ids.collect());
+        let mut feed = self.feed.fill(&ids, None, None, &lengths).map_err(anyhow::Error::msg)?;
+        feed.push(("last_index", HostTensor::i64(&[rows.len(), 1], last)));
         let out = self.session.run(&feed)?;
         let (_, next) = out.into_iter().find(|(n, _)| n == "next_token").context("greedy wrapper: no next_token")?;
         Ok(next.into_i64())

@@ -1,10 +1,13 @@
 //! Makes the graph end in a scalar loss.
 //!
-//! In: a graph with a scalar loss output, or a `logits [batch, seq, vocab]` output.
+//! In: a graph with a scalar loss output, or a `logits [batch, seq, vocab]` output, or
+//! (with `--loss auto`) a `logits [batch, classes]` output.
 //! Out: the same graph with a scalar FLOAT output holding the loss. For logits, a
 //! causal-LM cross-entropy is appended: a new input `labels [batch, seq]` (INT64),
 //! logits at position t predict labels at t+1 (the labels are shifted, not the logits), label -100 is ignored, the loss is the
-//! mean over counted tokens. Built from LogSoftmax + GatherElements + a masked mean:
+//! mean over counted tokens. For rank-2 logits, a sequence-classification
+//! cross-entropy: `labels [batch]`, one class per row (-100 ignored), the mean over
+//! counted rows. Built from LogSoftmax + GatherElements + a masked mean:
 //! ONNX Runtime's CUDA provider has no SoftmaxCrossEntropyLoss kernel.
 
 use super::{refuse, PassError};
@@ -41,7 +44,11 @@ pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassE
                     ),
                 )
             })?;
-            causal_lm(graph, logits)
+            let rank = outputs.iter().find(|(n, _)| n == *logits).and_then(|(_, s)| s.as_ref()).map(Vec::len);
+            match rank {
+                Some(2) => sequence_classification(graph, logits),
+                _ => causal_lm(graph, logits),
+            }
         }
         LossSpec::CausalLm => {
             let logits = names.iter().find(|n| **n == "logits").ok_or_else(|| {
@@ -75,6 +82,31 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     let fill = make::tensor_i64("value", &[1], &[IGNORE_INDEX]);
     let last = g.add1("ConstantOfShape", &[&shape], vec![attr::tensor("value", fill)], "last_column")?;
     let lb = g.add1("Concat", &[&next, &last], vec![attr::int("axis", 1)], "shift_labels")?;
+    let (loss, count) = masked_mean_nll(g, logits, &lb)?;
+    g.set_pass(None);
+    Ok(LossInfo { loss, kind: "causal-lm".into(), labels: Some("labels".into()), tokens: Some(count) })
+}
+
+/// Rank-2 logits `[batch, classes]`: labels `[batch]`, one class per row.
+fn sequence_classification(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
+    if graph.producer("labels").is_some() {
+        return Err(refuse("loss", "the model already has a value named 'labels'; name its loss output with --loss"));
+    }
+    graph.set_pass(Some("loss"));
+    graph.add_input(make::value_info("labels", DataType::Int64, &["batch".into()]))?;
+    let (loss, count) = masked_mean_nll(graph, logits, "labels")?;
+    graph.set_pass(None);
+    Ok(LossInfo { loss, kind: SEQUENCE_CLASSIFICATION.into(), labels: Some("labels".into()), tokens: Some(count) })
+}
+
+/// The `kind` of a sequence-classification loss (labels: one class per row).
+pub const SEQUENCE_CLASSIFICATION: &str = "sequence-classification";
+
+/// `-mean(log_softmax(logits)[label])` over the labels that are not -100 (`labels` has
+/// the shape of `logits` without its last axis); adds the loss and the count as graph
+/// outputs and returns their names.
+fn masked_mean_nll(g: &mut Graph, logits: &str, lb: &str) -> Result<(String, String), PassError> {
+    let lb = lb.to_string();
     let lg = logits.to_string();
     let lp = g.add1("LogSoftmax", &[&lg], vec![attr::int("axis", -1)], "log_probs")?;
     let ignore = g.const_i64("ignore_index", IGNORE_INDEX);
@@ -96,6 +128,5 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     let loss = g.add1("Neg", &[&mean], vec![], "loss")?;
     g.add_output(make::value_info(&loss, DataType::Float, &[]))?;
     g.add_output(make::value_info(&count, DataType::Float, &[]))?;
-    g.set_pass(None);
-    Ok(LossInfo { loss, kind: "causal-lm".into(), labels: Some("labels".into()), tokens: Some(count) })
+    Ok((loss, count))
 }

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 /// Calibration data and how to run it (`neft profile`, `neft select`, `neft compile`).
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// Calibration data: JSONL with {"text"}, {"prompt","completion"} or {"input_ids"} per line.
+    /// Calibration data: JSONL with {"text"}, {"prompt","completion"} or {"input_ids"} per line
+    /// (and a "label" per line for gradient selection on a sequence classifier).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// tokenizer.json for text data (pre-tokenized {"input_ids"} data need none).

@@ -84,7 +84,7 @@ impl Profiler {
         let inputs = TokenInputs::of(&graph, &label)?;
         let layers = find_layers(&graph);
         // Without shape inference every MatMul output counts as a [batch, seq, n] tensor.
-        let facts = crate::runtime::tract::infer(model).ok();
+        let facts = crate::runtime::tract::infer_partial(model).ok().map(|(f, _)| f);
         let mut sites = find_sites(&graph, &layers, facts.as_ref());
         if let Some(only) = only {
             sites.retain(|s| only.contains(&s.name));
@@ -111,7 +111,7 @@ impl Profiler {
 
     /// Runs one batch; returns per site its `[k, n]` sums and the count they cover.
     pub fn run(&mut self, batch: &TokenBatch) -> anyhow::Result<Vec<(Vec<f32>, u64)>> {
-        let mut feeds = batch.feeds(&self.inputs);
+        let mut feeds = batch.feeds(&self.inputs)?;
         feeds.push((MASK_INPUT, batch.mask.clone()));
         let out: std::collections::HashMap<String, HostTensor> =
             self.session.session.run(&feeds)?.into_iter().collect();

@@ -42,13 +42,17 @@ pub struct Site {
     pub tokens: bool,
 }
 
-/// The sites of `layers`. `facts` (shape inference, when it succeeded) tell token
+/// The sites of `layers`. `facts` (shape inference, as far as it got) tell token
 /// tensors `[batch, seq, n]` from others; without them every MatMul output is taken to
 /// be one.
 pub fn find_sites(graph: &Graph, layers: &[Layer], facts: Option<&HashMap<String, ValueFact>>) -> Vec<Site> {
     let ids_shape = facts.and_then(|f| f.get("input_ids")).and_then(|f| f.shape.clone());
     let per_token = |tensor: &str, kind: LayerKind| match (facts, &ids_shape) {
-        (Some(f), Some(ids)) => f.get(tensor).and_then(|v| v.shape.as_ref()).is_some_and(|s| token_shaped(s, ids)),
+        (Some(f), Some(ids)) => match f.get(tensor).and_then(|v| v.shape.as_ref()) {
+            Some(s) => token_shaped(s, ids),
+            // Inference stopped before this value (it goes on past ops it cannot analyse).
+            None => kind == LayerKind::MatMul,
+        },
         _ => kind == LayerKind::MatMul,
     };
     let mut sites = vec![];

@@ -7,20 +7,20 @@
 //! the model's inputs (`input_ids`, and `attention_mask`, `position_ids`,
 //! `token_type_ids` when the model takes them).
 
-use crate::data::{tokenize, Encode, Tokenized};
+use crate::data::{tokenize, Encode, TokenFeed, Tokenized};
 use crate::ir::Graph;
 use crate::onnx::make::{declared, DimSpec};
 use crate::runtime::ort::HostTensor;
 use crate::types::IGNORE_INDEX;
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use std::io::BufRead;
 use std::path::Path;
 
 /// How the model takes token data: which inputs to feed, fixed dimensions, vocabulary.
 #[derive(Debug, Clone)]
 pub struct TokenInputs {
-    /// Inputs besides `input_ids` that are fed from the batch.
-    pub extra: Vec<ExtraInput>,
+    /// Every data input and what fills it (`input_ids`, `attention_mask`, ...).
+    pub feed: TokenFeed,
     /// A batch size the model's `input_ids` declares as fixed.
     pub fixed_batch: Option<usize>,
     /// A sequence length the model's `input_ids` declares as fixed (batches are padded to it).
@@ -29,47 +29,13 @@ pub struct TokenInputs {
     pub vocab: Option<(String, usize)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExtraInput {
-    AttentionMask,
-    PositionIds,
-    TokenTypeIds,
-}
-
-impl ExtraInput {
-    fn name(self) -> &'static str {
-        match self {
-            ExtraInput::AttentionMask => "attention_mask",
-            ExtraInput::PositionIds => "position_ids",
-            ExtraInput::TokenTypeIds => "token_type_ids",
-        }
-    }
-}
-
 impl TokenInputs {
     /// Checks that token data can feed every input of `graph` (an error names the
     /// model and the input that cannot be fed).
     pub fn of(graph: &Graph, model: &str) -> anyhow::Result<TokenInputs> {
-        let data_inputs: Vec<_> = graph.inputs().filter(|i| graph.initializer(i.name()).is_none()).collect();
-        let names: Vec<&str> = data_inputs.iter().map(|i| i.name()).collect();
-        let Some(ids) = data_inputs.iter().find(|i| i.name() == "input_ids") else {
-            bail!(
-                "{model}: the model's inputs ({}) cannot be fed from JSONL token data: it has no 'input_ids' input",
-                names.join(", ")
-            );
-        };
-        let mut extra = vec![];
-        for name in names.iter().filter(|n| **n != "input_ids") {
-            extra.push(match *name {
-                "attention_mask" => ExtraInput::AttentionMask,
-                "position_ids" => ExtraInput::PositionIds,
-                "token_type_ids" => ExtraInput::TokenTypeIds,
-                other => bail!(
-                    "{model}: input '{other}' cannot be fed from JSONL token data (only input_ids, attention_mask, \
-                     position_ids and token_type_ids can)"
-                ),
-            });
-        }
+        // A model with its own loss takes `labels` too (Hugging Face's convention).
+        let feed = TokenFeed::of_graph(&graph.to_proto(), Some("labels")).map_err(|e| anyhow!("{model}: {e}"))?;
+        let ids = graph.inputs().find(|i| i.name() == "input_ids").expect("TokenFeed checked it");
         let dims = declared(ids).and_then(|d| d.1).unwrap_or_default();
         if dims.len() != 2 {
             bail!("{model}: input 'input_ids' must be [batch, seq], but it declares {} dimensions", dims.len());
@@ -78,7 +44,7 @@ impl TokenInputs {
             DimSpec::Fixed(n) if *n > 0 => Some(*n as usize),
             _ => None,
         };
-        Ok(TokenInputs { extra, fixed_batch: fixed(&dims[0]), fixed_seq: fixed(&dims[1]), vocab: vocabulary(graph) })
+        Ok(TokenInputs { feed, fixed_batch: fixed(&dims[0]), fixed_seq: fixed(&dims[1]), vocab: vocabulary(graph) })
     }
 }
 
@@ -105,25 +71,22 @@ pub struct TokenBatch {
     pub tokens: usize,
     /// Examples in the batch (rows that are not filler for a fixed batch size).
     pub examples: usize,
+    /// `[batch]` INT64, one class per row (-100 on filler), when every example has one.
+    pub classes: Option<HostTensor>,
 }
 
 impl TokenBatch {
-    /// The model inputs for this batch: `input_ids` and whatever extra inputs it takes.
-    pub fn feeds(&self, inputs: &TokenInputs) -> Vec<(&'static str, HostTensor)> {
-        let mut feeds = vec![("input_ids", self.input_ids.clone())];
-        let shape = self.input_ids.shape().to_vec();
+    /// The model inputs for this batch: `input_ids` and whatever else it declares.
+    pub fn feeds<'a>(&self, inputs: &'a TokenInputs) -> anyhow::Result<Vec<(&'a str, HostTensor)>> {
         let mask = self.mask.as_f32().expect("FLOAT mask");
-        for e in &inputs.extra {
-            let t = match e {
-                ExtraInput::AttentionMask => HostTensor::i64(&shape, mask.iter().map(|&m| m as i64).collect()),
-                ExtraInput::PositionIds => {
-                    HostTensor::i64(&shape, (0..shape[0]).flat_map(|_| 0..shape[1] as i64).collect())
-                }
-                ExtraInput::TokenTypeIds => HostTensor::i64(&shape, vec![0; shape[0] * shape[1]]),
-            };
-            feeds.push((e.name(), t));
-        }
-        feeds
+        let len = self.input_ids.shape()[1];
+        let lengths: Vec<usize> = mask
+            .as_slice()
+            .expect("contiguous mask")
+            .chunks(len.max(1))
+            .map(|row| row.iter().filter(|&&m| m > 0.0).count())
+            .collect();
+        inputs.feed.fill(&self.input_ids, Some(&self.labels), self.classes.as_ref(), &lengths).map_err(|e| anyhow!(e))
     }
 }
 
@@ -304,12 +267,18 @@ fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> Token
         tokens += n;
     }
     let shape = [rows, len];
+    let classes: Option<Vec<i64>> = examples.iter().map(|e| e.class).collect();
+    let classes = classes.map(|mut c| {
+        c.resize(rows, IGNORE_INDEX);
+        HostTensor::i64(&[rows], c)
+    });
     TokenBatch {
         input_ids: HostTensor::i64(&shape, ids),
         labels: HostTensor::i64(&shape, labels),
         mask: HostTensor::f32(&shape, mask),
         tokens,
         examples: examples.len(),
+        classes,
     }
 }
 

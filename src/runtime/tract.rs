@@ -42,8 +42,19 @@ pub struct ValueFact {
 /// Initializers with more elements than this are given to tract as typed inputs.
 const KEEP_VALUES_UP_TO: u64 = 64;
 
-/// Infers the type and shape of every named value of the model's main graph.
+/// Infers the type and shape of every named value of the model's main graph; an error
+/// when inference fails anywhere.
 pub fn infer(model: &Model) -> anyhow::Result<HashMap<String, ValueFact>> {
+    match infer_partial(model)? {
+        (facts, None) => Ok(facts),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// [`infer`] that goes on past the ops it cannot analyse (real exports hold shape
+/// subgraphs tract stops on, such as a `Flatten` of a product of symbols): what it
+/// learned, and the first failure. Values downstream of a failure may stay unknown.
+pub fn infer_partial(model: &Model) -> anyhow::Result<(HashMap<String, ValueFact>, Option<anyhow::Error>)> {
     let mut proto = model.proto.clone();
     let graph = proto.graph.as_mut().expect("checked at load");
     let inputs: std::collections::HashSet<String> = graph.input.iter().map(|i| i.name().to_string()).collect();
@@ -75,13 +86,13 @@ pub fn infer(model: &Model) -> anyhow::Result<HashMap<String, ValueFact>> {
     let pb = tract_onnx::pb::ModelProto::decode(&bytes[..])?;
     let parsed = tract_onnx::onnx().parse(&pb, None)?;
     let mut im = parsed.model;
-    im.analyse(false)?;
+    let failure = im.analyse(true).err();
     let mut facts = HashMap::new();
     for (name, outlet) in parsed.outlets_by_name {
         let fact = im.outlet_fact(outlet)?;
         facts.insert(name, convert(fact));
     }
-    Ok(facts)
+    Ok((facts, failure))
 }
 
 fn typed_input(name: &str, dtype: i32, dims: &[i64]) -> ValueInfoProto {

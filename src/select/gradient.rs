@@ -24,6 +24,8 @@ pub struct GradientScorer {
     outputs: Vec<String>,
     /// The labels input the appended loss reads, if any.
     pub labels: Option<String>,
+    /// Whether those labels are one class per row (sequence classification).
+    pub per_row: bool,
 }
 
 impl GradientScorer {
@@ -63,7 +65,8 @@ impl GradientScorer {
         proto.graph = Some(g.to_proto());
         autodiff::set_default_opset(&mut proto.opset_import, grads.opset);
         let session = open_derived(model, &proto, &format!("{label} (gradient scores)"), opts)?;
-        Ok(GradientScorer { session, outputs, labels: info.labels })
+        let per_row = info.kind == crate::passes::append_loss::SEQUENCE_CLASSIFICATION;
+        Ok(GradientScorer { session, outputs, labels: info.labels, per_row })
     }
 
     /// One batch's scores, per requested (weight, axis).

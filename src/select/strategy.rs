@@ -182,9 +182,18 @@ fn gradient_scores(
     let mut tokens = 0;
     while let Some(batch) = stream.next() {
         let batch = batch?;
-        let mut feeds = batch.feeds(&inputs);
+        let mut feeds = batch.feeds(&inputs)?;
         if let Some(l) = &labels {
-            feeds.push((l.as_str(), batch.labels.clone()));
+            let values = match (scorer.per_row, &batch.classes) {
+                (false, _) => batch.labels.clone(),
+                (true, Some(classes)) => classes.clone(),
+                (true, None) => bail!(
+                    "{}: the model classifies whole sequences: --strategy gradient needs a \"label\" (a class) on \
+                     every line of the calibration data",
+                    data.path.display()
+                ),
+            };
+            feeds.push((l.as_str(), values));
         }
         let scores = scorer.run(&feeds)?;
         if total.is_empty() {

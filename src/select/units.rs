@@ -123,6 +123,11 @@ pub fn build_groups(layers: &[Layer], mlps: &[MlpUnits], targets: &Targets, unit
             if !found.iter().any(|(i, _)| targets.matches(&layers[*i])) {
                 continue;
             }
+            // Input units (rows of the down weight) split only for MatMul; a Gemm down
+            // projection (GPT-2's Conv1D) leaves its MLP's layers as separate groups.
+            if found.iter().any(|&(i, own)| !own && layers[i].kind != LayerKind::MatMul) {
+                continue;
+            }
             let members = found.iter().map(|&(i, own)| member(layers, i, own)).collect();
             used.extend(found.iter().map(|(i, _)| *i));
             groups.push(Group { label: format!("block {} / mlp", m.block), members, units: m.units });

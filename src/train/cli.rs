@@ -18,7 +18,8 @@ pub struct TrainArgs {
     /// loss.svg are written into it.
     pub dir: PathBuf,
     /// Training data, JSONL: {"text"}, {"prompt","completion"} (loss on the completion
-    /// only) or pre-tokenized {"input_ids"[,"labels"]}.
+    /// only) or pre-tokenized {"input_ids"[,"labels"]}; for a sequence classifier
+    /// {"text" or "input_ids", "label": CLASS}.
     #[arg(long)]
     pub data: PathBuf,
     /// Evaluation data (same formats): loss and perplexity at every checkpoint.

@@ -8,9 +8,9 @@
 //! [`Encode`] implementation (in [`crate::profile`], shared with profiling).
 
 use crate::artifact::Plan;
-use crate::data::{read_jsonl, tokenize, Batch, Encode, Tokenized};
+use crate::data::{data_inputs, read_jsonl, tokenize, Batch, DataInput, Encode, TokenFeed, Tokenized};
 use crate::runtime::ort::HostTensor;
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use std::path::{Path, PathBuf};
 
 /// The examples of one data file, tokenized and truncated.
@@ -45,68 +45,63 @@ pub fn short_sha256(bytes: &[u8]) -> String {
     crate::artifact::hex_digest(&sha2::Sha256::digest(bytes))[..16].to_string()
 }
 
-/// What one graph input gets from a batch.
-#[derive(Debug, Clone)]
-enum Source {
-    Ids,
-    Labels,
-    /// All ones: with right padding and causal attention, padded positions never
-    /// influence real ones, and their labels are ignored.
-    Ones,
-    Positions,
-}
-
-/// Maps batches onto the artifacts' data inputs.
+/// Maps batches onto the artifacts' data inputs (see [`TokenFeed`]).
 #[derive(Debug, Clone)]
 pub struct Feeder {
-    inputs: Vec<(String, Source)>,
+    feed: TokenFeed,
 }
 
 impl Feeder {
-    /// Checks that JSONL batches can feed every data input of the plan.
-    pub fn new(plan: &Plan) -> anyhow::Result<Feeder> {
-        if plan.loss.kind != "causal-lm" {
-            bail!(
-                "these artifacts train on the model's own loss output '{}' (inputs: {}); JSONL data feed only \
-                 causal-LM artifacts (compiled with a 'logits' output and --loss auto or causal-lm)",
-                plan.loss.loss,
-                plan.data_inputs.join(", ")
-            );
-        }
-        let inputs = plan
+    /// Checks that JSONL batches can feed every data input of the artifacts in `dir`
+    /// (names from the plan, element types and ranks as `train_step.onnx` declares
+    /// them). The labels go to the input neft's loss added, or, for a model's own loss
+    /// output, to its `labels` input: per token (Hugging Face's convention: the ids,
+    /// -100 on padding and prompts; the model shifts them), or one class per row when
+    /// that input is 1-D.
+    pub fn new(plan: &Plan, dir: &Path) -> anyhow::Result<Feeder> {
+        let labels = match plan.loss.kind.as_str() {
+            "output" => plan.data_inputs.iter().find(|n| *n == "labels").cloned(),
+            _ => plan.loss.labels.clone(),
+        };
+        let path = dir.join("train_step.onnx");
+        let model = crate::onnx::load(&path)?;
+        let declared = data_inputs(model.graph());
+        let inputs: Vec<DataInput> = plan
             .data_inputs
             .iter()
-            .map(|name| {
-                let source = match name.as_str() {
-                    "input_ids" => Source::Ids,
-                    n if Some(n) == plan.loss.labels.as_deref() => Source::Labels,
-                    "attention_mask" => Source::Ones,
-                    "position_ids" => Source::Positions,
-                    other => bail!(
-                        "the artifacts need an input '{other}' that JSONL examples cannot provide \
-                         (known: input_ids, labels, attention_mask, position_ids)"
-                    ),
-                };
-                Ok((name.clone(), source))
+            .map(|n| {
+                declared.iter().find(|d| d.name == *n).cloned().unwrap_or(DataInput {
+                    name: n.clone(),
+                    dtype: None,
+                    rank: None,
+                })
             })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Feeder { inputs })
+            .collect();
+        let feed = TokenFeed::new(&inputs, labels.as_deref()).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        Ok(Feeder { feed })
     }
 
-    pub fn feed<'a>(&'a self, batch: &Batch) -> Vec<(&'a str, HostTensor)> {
-        let shape = batch.input_ids.shape().to_vec();
-        let (rows, len) = (shape[0], shape[1]);
-        self.inputs
-            .iter()
-            .map(|(name, source)| {
-                let t = match source {
-                    Source::Ids => batch.input_ids.clone(),
-                    Source::Labels => batch.labels.clone(),
-                    Source::Ones => HostTensor::i64(&shape, vec![1; rows * len]),
-                    Source::Positions => HostTensor::i64(&shape, (0..rows).flat_map(|_| 0..len as i64).collect()),
-                };
-                (name.as_str(), t)
-            })
-            .collect()
+    /// Checks that `data` hold what the loss needs: a "label" on every example where
+    /// the labels are one class per row, none elsewhere.
+    pub fn check(&self, data: &Dataset) -> anyhow::Result<()> {
+        let file = data.file.display();
+        let (want, line) = match self.feed.needs_classes() {
+            true => ("these artifacts need a \"label\" (a class) on every line", {
+                data.examples.iter().position(|e| e.class.is_none())
+            }),
+            false => ("these artifacts take token labels, not a \"label\" per line", {
+                data.examples.iter().position(|e| e.class.is_some())
+            }),
+        };
+        match line {
+            Some(i) => bail!("{file}: example {}: {want}", i + 1),
+            None => Ok(()),
+        }
+    }
+
+    pub fn feed<'a>(&'a self, batch: &Batch) -> anyhow::Result<Vec<(&'a str, HostTensor)>> {
+        self.feed
+            .fill(&batch.input_ids, Some(&batch.labels), batch.classes.as_ref(), &batch.lengths)
+            .map_err(|e| anyhow!(e))
     }
 }

@@ -150,13 +150,14 @@ impl Settings {
 /// Trains as `opts` says. A Ctrl-C ends the run early with status `interrupted`.
 pub fn train(opts: &TrainOptions) -> anyhow::Result<Summary> {
     let plan = Plan::load_dir(&opts.dir)?;
-    let feeder = Feeder::new(&plan)?;
+    let feeder = Feeder::new(&plan, &opts.dir)?;
     let tokenizer = opts.tokenizer.as_deref().map(load_tokenizer).transpose()?;
     let enc = tokenizer.as_ref().map(|t| t as &dyn Encode);
     let (state, resumed) = starting_point(opts, &plan)?;
     let settings = Settings::resolve(opts, &plan, resumed.as_ref())?;
     let data = Dataset::load(&opts.data, enc, settings.seq_len)?;
-    let eval = opts.eval.as_deref().map(|p| load_eval(p, enc, &settings)).transpose()?;
+    feeder.check(&data)?;
+    let eval = opts.eval.as_deref().map(|p| load_eval(p, enc, &settings, &feeder)).transpose()?;
     let total = match opts.length {
         Length::Steps(n) => n,
         Length::Epochs(e) => e * data.batches_per_epoch(settings.batch) as u64,
@@ -201,8 +202,9 @@ fn starting_point(opts: &TrainOptions, plan: &Plan) -> anyhow::Result<(State, Op
     Ok((state, None))
 }
 
-fn load_eval(path: &Path, enc: Option<&dyn Encode>, s: &Settings) -> anyhow::Result<Vec<Batch>> {
+fn load_eval(path: &Path, enc: Option<&dyn Encode>, s: &Settings, feeder: &Feeder) -> anyhow::Result<Vec<Batch>> {
     let set = Dataset::load(path, enc, s.seq_len)?;
+    feeder.check(&set)?;
     let batches = set.in_order(s.batch, enc.map(|e| e.pad()).unwrap_or(0));
     if batches.iter().all(|b| b.tokens == 0) {
         bail!("{}: no example has a token to predict (every label is -100 or too short)", path.display());
@@ -323,7 +325,7 @@ impl<'a> Run<'a> {
 
     fn one_step(&mut self, batch: &Batch) -> anyhow::Result<()> {
         let lr = self.schedule.lr(self.settings.lr, self.step);
-        let out = self.trainer.step(&self.feeder.feed(batch), lr)?;
+        let out = self.trainer.step(&self.feeder.feed(batch)?, lr)?;
         self.step += 1;
         self.tokens += batch.tokens as u64;
         let mut record = record(self.step, &out, lr, batch.tokens as u64, self.tokens, self.seconds());
@@ -441,7 +443,7 @@ fn evaluate(
     let Some(batches) = eval else { return Ok(None) };
     let (mut sum, mut count) = (0.0f64, 0.0f64);
     for b in batches.iter().filter(|b| b.tokens > 0) {
-        let (loss, _) = trainer.eval(&feeder.feed(b))?;
+        let (loss, _) = trainer.eval(&feeder.feed(b)?)?;
         sum += loss as f64 * b.tokens as f64;
         count += b.tokens as f64;
     }

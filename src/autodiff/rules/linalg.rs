@@ -41,11 +41,16 @@ fn subscripts(a: &[Dim], b: &[Dim]) -> Option<(String, String, String)> {
 fn matmul(c: &mut Ctx) -> R<Grads> {
     let (a, b, y) = (c.x(0), c.x(1), c.y(0));
     let (sha, shb) = (c.shape(&a), c.shape(&b));
-    let (Some(sha), Some(shb)) = (sha, shb) else {
-        return Err(c.unsupported("operands of unknown rank"));
-    };
     let g = c.dy_exact(0)?;
     let with = |name: String| G { name, scale: g.scale, bshape: None };
+    // An activation of any rank (>= 1, unknown here) times a 2-D weight [k, n]: the
+    // flattened form below holds for every rank, its reshapes read `Shape(a)`.
+    if let (None, Some([Dim::Known(k), Dim::Known(n)])) = (&sha, shb.as_deref()) {
+        return linear(c, &g, (*k, *n));
+    }
+    let (Some(sha), Some(shb)) = (sha, shb) else {
+        return Err(c.unsupported("operands of unknown rank (other than an activation times a 2-D weight)"));
+    };
     if sha.len() == 1 && shb.len() == 1 {
         let da = c.when(0, |c| c.combine("Mul", &g, &b, 0))?;
         let db = c.when(1, |c| c.combine("Mul", &g, &a, 1))?;
@@ -65,19 +70,7 @@ fn matmul(c: &mut Ctx) -> R<Grads> {
     // equivalent Einsums were 2x (CPU) to 20x (CUDA) slower.
     if sha.len() >= 3 && shb.len() == 2 {
         if let (Dim::Known(k), Dim::Known(n)) = (&shb[0], &shb[1]) {
-            let (k, n) = (*k, *n);
-            let rows_n = c.ints(&[-1, n])?;
-            let flat_g = c.reshape(&g.name, &rows_n)?;
-            let da = c.when(0, |c| {
-                let p = c.op("Gemm", &[&flat_g, &b], vec![attr::int("transB", 1)])?;
-                Ok(with(c.reshape_like(&p, &a)?))
-            })?;
-            let db = c.when(1, |c| {
-                let rows_k = c.ints(&[-1, k])?;
-                let flat_a = c.reshape(&a, &rows_k)?;
-                Ok(with(c.op("Gemm", &[&flat_a, &flat_g], vec![attr::int("transA", 1)])?))
-            })?;
-            return Ok(vec![da, db]);
+            return linear(c, &g, (*k, *n));
         }
     }
     // A vector operand (rank 1): one Einsum each, which spells the implied axes.
@@ -119,6 +112,25 @@ fn matmul(c: &mut Ctx) -> R<Grads> {
         });
         c.note_shape(&p, &y, dims.clone());
         c.fit(&p, dims, g.scale, &b)
+    })?;
+    Ok(vec![da, db])
+}
+
+/// `MatMul(A, B)` for a 2-D `B [k, n]`, A's batch dimensions flattened into rows:
+/// dA = reshape(dY[-1, n]·Bᵀ), dB = A[-1, k]ᵀ·dY[-1, n], one Gemm each.
+fn linear(c: &mut Ctx, g: &G, (k, n): (i64, i64)) -> R<Grads> {
+    let (a, b) = (c.x(0), c.x(1));
+    let with = |name: String| G { name, scale: g.scale, bshape: None };
+    let rows_n = c.ints(&[-1, n])?;
+    let flat_g = c.reshape(&g.name, &rows_n)?;
+    let da = c.when(0, |c| {
+        let p = c.op("Gemm", &[&flat_g, &b], vec![attr::int("transB", 1)])?;
+        Ok(with(c.reshape_like(&p, &a)?))
+    })?;
+    let db = c.when(1, |c| {
+        let rows_k = c.ints(&[-1, k])?;
+        let flat_a = c.reshape(&a, &rows_k)?;
+        Ok(with(c.op("Gemm", &[&flat_a, &flat_g], vec![attr::int("transA", 1)])?))
     })?;
     Ok(vec![da, db])
 }

@@ -1,0 +1,353 @@
+//! Graphs written by Hugging Face's exporter (optimum-onnx: `text-generation` without
+//! past, `text-classification`; `models/fixtures/export_optimum.py`), and one Llama
+//! whose graph computes its own loss, run end to end from the command line:
+//! `neft compile` (a neurons file, or `--data` for selection), `neft train` feeding
+//! `input_ids`, `attention_mask`, `position_ids`, `token_type_ids` and labels; one SGD step
+//! moves the selected rows by exactly -lr times PyTorch's gradient; frozen values stay
+//! bit for bit; eight steps lower the loss.
+
+mod train_support;
+
+use neft::artifact::{State, StateTensor};
+use neft::onnx;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use train_support::*;
+
+const LR: f32 = 0.5;
+
+fn reference(name: &str) -> Value {
+    let path = repo(&format!("models/fixtures/optimum_{name}.ref.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// The reference batch as pre-tokenized JSONL lines (one per row, unpadded), with its
+/// class as "label" for sequence classification.
+fn jsonl(r: &Value) -> Vec<String> {
+    let ids = &r["inputs"]["input_ids"];
+    let seq = ids["shape"][1].as_u64().unwrap() as usize;
+    let data: Vec<i64> = ids["data"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    let lengths = r["lengths"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize);
+    lengths
+        .enumerate()
+        .map(|(i, n)| {
+            let mut line = serde_json::json!({ "input_ids": &data[i * seq..i * seq + n] });
+            if let Some(classes) = r.get("labels") {
+                line["label"] = classes[i].clone();
+            }
+            line.to_string()
+        })
+        .collect()
+}
+
+fn f32s<'a>(state: &'a State, name: &str) -> &'a [f32] {
+    match state.tensors.get(name) {
+        Some(StateTensor::F32 { data, .. }) => data,
+        other => panic!("state tensor '{name}': {other:?}"),
+    }
+}
+
+/// `neft compile` with the reference's rows and SGD, in `dir/art`.
+fn compile(dir: &Path, name: &str, r: &Value) -> std::path::PathBuf {
+    let entries: Vec<(&str, usize, Vec<usize>)> = r["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let rows = w["rows"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            (w["onnx"].as_str().unwrap(), w["axis"].as_u64().unwrap() as usize, rows)
+        })
+        .collect();
+    write_neurons(&dir.join("neurons.json"), &entries);
+    let model = repo(&format!("models/fixtures/optimum_{name}.onnx"));
+    let lr = LR.to_string();
+    let args = [
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        "art",
+        "--neurons",
+        "neurons.json",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        &lr,
+    ];
+    neft_ok(&args, dir);
+    dir.join("art")
+}
+
+/// The largest difference from `want`, relative to the largest magnitude of `want`.
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, &w| m.max((w as f64).abs()));
+    assert!(scale > 0.0, "a zero reference gradient proves nothing");
+    got.iter().zip(want).fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs())) / scale
+}
+
+/// Every initializer of an ONNX file, as raw little-endian bytes.
+fn initializers(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let m = onnx::load(path).unwrap();
+    m.graph().initializer.iter().map(|t| (t.name().to_string(), m.tensor_bytes(t).unwrap().to_vec())).collect()
+}
+
+/// One SGD step on the reference batch: the selected rows (and bias elements) move by
+/// -lr x PyTorch's gradient; the merged model differs from the source only there.
+fn one_step_matches_pytorch(name: &str) -> f64 {
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+    let art = compile(dir, name, &r);
+    let before = load_state(&art.join("state.safetensors"));
+    let rows = r["lengths"].as_array().unwrap().len().to_string();
+    // A step large enough that the smallest weight's update dwarfs the rounding of
+    // `after - before` in FLOAT (weights near 0.02 round at 2e-9; some gradients are 1e-6).
+    let smallest = r["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| floats(&w["grad"]["data"]).iter().fold(0f32, |m, g| m.max(g.abs())))
+        .fold(f32::INFINITY, f32::min);
+    let lr = 1e-2 / smallest;
+    let lr_arg = lr.to_string();
+    let out = neft_ok(
+        &[
+            "train",
+            "art",
+            "--data",
+            "ref.jsonl",
+            "--steps",
+            "1",
+            "--batch",
+            &rows,
+            "--threads",
+            "1",
+            "--lr",
+            &lr_arg,
+            "--json",
+        ],
+        dir,
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let loss = summary["first_loss"].as_f64().unwrap();
+    let want_loss = r["loss"].as_f64().unwrap();
+    // 2e-6: tight enough to see padding the attention mask failed to hide (BERT: 1e-5).
+    assert!((loss - want_loss).abs() < 2e-6 * want_loss, "{name}: loss {loss}, PyTorch {want_loss}");
+    let after = load_state(&art.join("checkpoint.safetensors"));
+
+    let mut worst = 0f64;
+    for w in r["weights"].as_array().unwrap() {
+        let mut checks = vec![(format!("{}.rows", w["onnx"].as_str().unwrap()), floats(&w["grad"]["data"]))];
+        if let Some(b) = w["bias"].as_str() {
+            checks.push((format!("{b}.rows"), floats(&w["bias_grad"])));
+        }
+        for (param, grad) in checks {
+            let (p0, p1) = (f32s(&before, &param), f32s(&after, &param));
+            let moved: Vec<f32> = p0.iter().zip(p1).map(|(a, b)| b - a).collect();
+            let want: Vec<f32> = grad.iter().map(|g| -lr * g).collect();
+            let err = relative_error(&moved, &want);
+            assert!(err < 1e-4, "{name}: '{param}' moved {moved:?}, want -lr x PyTorch's gradient {want:?} ({err:e})");
+            worst = worst.max(err);
+        }
+    }
+
+    // Frozen values: the merged model equals the source bit for bit except the
+    // selected rows and bias elements.
+    neft_ok(&["export", "art", "--merged", "merged.onnx"], dir);
+    let source = initializers(&repo(&format!("models/fixtures/optimum_{name}.onnx")));
+    let merged = initializers(&dir.join("merged.onnx"));
+    let trained: Vec<String> = r["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| [w["onnx"].as_str(), w["bias"].as_str()])
+        .flatten()
+        .map(str::to_string)
+        .collect();
+    for (tensor, bytes) in &source {
+        let got = merged.get(tensor).unwrap_or_else(|| panic!("{name}: merged model lacks '{tensor}'"));
+        if !trained.contains(tensor) {
+            assert!(got == bytes, "{name}: frozen '{tensor}' changed");
+        }
+    }
+    for w in r["weights"].as_array().unwrap() {
+        let tensor = w["onnx"].as_str().unwrap();
+        let dims: Vec<usize> =
+            w["grad"]["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let axis = w["axis"].as_u64().unwrap() as usize;
+        let rows: Vec<usize> = w["rows"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        // The full weight's shape: the selected slice's, with every row along `axis`.
+        let other = dims[1 - axis];
+        let units = source[tensor].len() / 4 / other;
+        let (k, n) = if axis == 1 { (other, units) } else { (units, other) };
+        let (a, b) = (&source[tensor], &merged[tensor]);
+        for i in 0..k {
+            for j in 0..n {
+                if rows.contains(if axis == 1 { &j } else { &i }) {
+                    continue;
+                }
+                let at = (i * n + j) * 4;
+                assert_eq!(a[at..at + 4], b[at..at + 4], "{name}: '{tensor}'[{i}, {j}] is frozen but changed");
+            }
+        }
+    }
+    worst
+}
+
+/// Eight steps from the command line lower the loss.
+fn eight_steps_lower_the_loss(dir: &Path, art: &str) {
+    let out = neft_ok(
+        &["train", art, "--data", "ref.jsonl", "--steps", "8", "--batch", "3", "--threads", "1", "--json"],
+        dir,
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (first, last) = (summary["first_loss"].as_f64().unwrap(), summary["last_loss"].as_f64().unwrap());
+    assert!(last < first - 1e-3, "{art}: loss {first} -> {last}");
+}
+
+fn compile_and_train(name: &str) {
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+    compile(dir, name, &r);
+    eight_steps_lower_the_loss(dir, "art");
+}
+
+#[test]
+fn llama_one_sgd_step_equals_pytorch_and_frozen_values_stay() {
+    let err = one_step_matches_pytorch("llama");
+    eprintln!("llama: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn qwen2_one_sgd_step_equals_pytorch_with_biases_and_untied_head() {
+    let err = one_step_matches_pytorch("qwen2");
+    eprintln!("qwen2: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn gpt2_one_sgd_step_equals_pytorch_through_fused_qkv_gemms() {
+    let err = one_step_matches_pytorch("gpt2");
+    eprintln!("gpt2: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn bert_classifier_one_sgd_step_equals_pytorch_with_its_padding_masked() {
+    // Bidirectional attention: padding that attention_mask did not hide would change
+    // every row's loss.
+    let err = one_step_matches_pytorch("bert");
+    eprintln!("bert: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn a_graph_with_its_own_loss_trains_on_jsonl_labels_like_pytorch() {
+    // `model(input_ids, attention_mask, labels=labels).loss` exported: the labels input
+    // gets the ids with -100 on padding, and the model shifts them itself.
+    let err = one_step_matches_pytorch("llama_loss");
+    eprintln!("llama_loss: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
+fn every_export_trains_eight_steps_from_a_neurons_file() {
+    for name in ["llama", "qwen2", "gpt2", "bert", "llama_loss"] {
+        compile_and_train(name);
+    }
+}
+
+/// `neft compile --data` (activation selection over the MLP layers the structure
+/// analysis finds: gated for Llama and Qwen2, GPT-2's Conv1D Gemms, BERT's GELU MLP),
+/// per neuron and per MLP unit, then eight steps of AdamW.
+#[test]
+fn every_export_compiles_with_activation_selection_from_data_and_trains() {
+    for name in ["llama", "qwen2", "gpt2", "bert"] {
+        let r = reference(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+        let model = repo(&format!("models/fixtures/optimum_{name}.onnx"));
+        for unit in ["neuron", "mlp-unit"] {
+            let args = [
+                "compile",
+                model.to_str().unwrap(),
+                "-o",
+                unit,
+                "--data",
+                "ref.jsonl",
+                "--strategy",
+                "activation",
+                "--budget",
+                "10%",
+                "--unit",
+                unit,
+                "--optimizer",
+                "adamw",
+                "--lr",
+                "1e-2",
+            ];
+            neft_ok(&args, dir);
+            let file = dir.join(unit).join("neurons.json");
+            let neurons: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+            assert!(!neurons["layers"].as_object().unwrap().is_empty(), "{name} {unit}");
+            eight_steps_lower_the_loss(dir, unit);
+        }
+    }
+}
+
+/// `--strategy gradient`: the loss the artifacts will train (per token, or one class
+/// per row for BERT) scores the rows on the calibration data.
+#[test]
+fn every_export_compiles_with_gradient_selection() {
+    for name in ["llama", "qwen2", "gpt2", "bert"] {
+        let r = reference(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+        let model = repo(&format!("models/fixtures/optimum_{name}.onnx"));
+        let m = model.to_str().unwrap();
+        neft_ok(&["compile", m, "-o", "g", "--data", "ref.jsonl", "--strategy", "gradient", "--budget", "10%"], dir);
+        let file = dir.join("g/neurons.json");
+        let neurons: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        assert!(!neurons["layers"].as_object().unwrap().is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn gpt2_conv1d_blocks_get_structural_roles() {
+    let model = repo("models/fixtures/optimum_gpt2.onnx");
+    let out = neft_ok(&["inspect", model.to_str().unwrap(), "--json"], Path::new("."));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let role = |weight: &str| {
+        let layers = report["layers"].as_array().unwrap();
+        let layer = layers.iter().find(|l| l["weight"] == weight).unwrap_or_else(|| panic!("{weight}: no layer"));
+        layer["role"].as_str().unwrap().to_string()
+    };
+    assert_eq!(role("transformer.h.0.attn.c_attn.weight"), "block 0 / attn.qkv");
+    assert_eq!(role("transformer.h.0.attn.c_proj.weight"), "block 0 / attn.o");
+    assert_eq!(role("transformer.h.1.mlp.c_fc.weight"), "block 1 / mlp.up");
+    assert_eq!(role("transformer.h.1.mlp.c_proj.weight"), "block 1 / mlp.down");
+    assert_eq!(role("onnx::MatMul_658"), "head");
+}
+
+#[test]
+fn labels_must_fit_the_loss_the_artifacts_were_compiled_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let bert = reference("bert");
+    write_lines(&dir.join("classes.jsonl"), &jsonl(&bert));
+    write_lines(&dir.join("tokens.jsonl"), &jsonl(&reference("llama")));
+    compile(dir, "bert", &bert);
+    let out = neft(&["train", "art", "--data", "tokens.jsonl", "--steps", "1"], dir);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("tokens.jsonl: example 1: these artifacts need a \"label\""), "{}", stderr(&out));
+    compile(dir, "llama", &reference("llama"));
+    let out = neft(&["train", "art", "--data", "classes.jsonl", "--steps", "1"], dir);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("these artifacts take token labels, not a \"label\""), "{}", stderr(&out));
+}
