@@ -5,7 +5,7 @@
 mod train_support;
 
 use neft::artifact::{Plan, State, StateTensor};
-use neft::runtime::ort::{HostTensor, Session, SessionOptions};
+use neft::runtime::ort::{HostTensor, SessionOptions};
 use std::path::{Path, PathBuf};
 use train_support::*;
 
@@ -20,31 +20,6 @@ fn compile_lora(dir: &Path, out: &str, flags: &[&str]) -> PathBuf {
     args.extend_from_slice(flags);
     neft_ok(&args, dir);
     dir.join(out)
-}
-
-fn host(t: &StateTensor) -> HostTensor {
-    match t {
-        StateTensor::F32 { shape, data } => HostTensor::f32(shape, data.clone()),
-        StateTensor::I64 { shape, data } => HostTensor::i64(shape, data.clone()),
-    }
-}
-
-/// `output` of `model` fed `inputs`, flattened.
-fn run(model: &Path, inputs: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
-    let mut s = Session::from_file(model, &opts()).unwrap();
-    let outs = s.run(inputs).unwrap();
-    let (_, v) = outs.into_iter().find(|(n, _)| n == output).unwrap();
-    v.as_f32().unwrap().iter().copied().collect()
-}
-
-/// The eval graph's `output` with the parameters of `state`.
-fn eval_output(art: &Path, state: &State, data: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
-    let plan = Plan::load(&art.join("plan.json")).unwrap();
-    let mut feed = data.to_vec();
-    for p in &plan.params {
-        feed.push((p.name.as_str(), host(&state.tensors[&p.name])));
-    }
-    run(&art.join("eval.onnx"), &feed, output)
 }
 
 fn f32s<'a>(state: &'a State, name: &str) -> &'a [f32] {

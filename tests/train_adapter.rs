@@ -5,38 +5,12 @@
 mod train_support;
 
 use neft::adapter::Adapter;
-use neft::artifact::{Plan, State, StateTensor};
-use neft::runtime::ort::{HostTensor, Session, SessionOptions};
-use std::path::Path;
+use neft::artifact::Plan;
+use neft::runtime::ort::{HostTensor, SessionOptions};
 use train_support::*;
 
 fn opts() -> SessionOptions {
     SessionOptions { threads: Some(1), ..Default::default() }
-}
-
-fn host(t: &StateTensor) -> HostTensor {
-    match t {
-        StateTensor::F32 { shape, data } => HostTensor::f32(shape, data.clone()),
-        StateTensor::I64 { shape, data } => HostTensor::i64(shape, data.clone()),
-    }
-}
-
-/// `output` of `model` on `inputs`, flattened.
-fn run(model: &Path, inputs: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
-    let mut s = Session::from_file(model, &opts()).unwrap();
-    let outs = s.run(inputs).unwrap();
-    let (_, v) = outs.into_iter().find(|(n, _)| n == output).unwrap();
-    v.as_f32().unwrap().iter().copied().collect()
-}
-
-/// The eval graph's `output` with the trained parameters of `state`.
-fn eval_output(art: &Path, state: &State, data: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
-    let plan = Plan::load(&art.join("plan.json")).unwrap();
-    let mut feed = data.to_vec();
-    for p in &plan.params {
-        feed.push((p.name.as_str(), host(&state.tensors[&p.name])));
-    }
-    run(&art.join("eval.onnx"), &feed, output)
 }
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {

@@ -44,6 +44,11 @@ impl Adapter {
             }
             tensors.push(AdapterTensor { source: p.source.clone(), axis: p.axis, rows: p.rows.clone(), shape, values });
         }
+        Adapter::of_plan(plan, state, tensors)
+    }
+
+    /// The adapter of `plan`'s artifacts holding `tensors`, at the step `state` reached.
+    pub(super) fn of_plan(plan: &Plan, state: &State, mut tensors: Vec<AdapterTensor>) -> anyhow::Result<Adapter> {
         // The order a loaded adapter has too (its tensors are listed by name).
         tensors.sort_by(|a, b| a.source.cmp(&b.source));
         let step = match state.tensors.get(&plan.io.step) {

@@ -50,19 +50,7 @@ impl Adapter {
                 values: merged,
             });
         }
-        tensors.sort_by(|x, y| x.source.cmp(&y.source));
-        let step = match state.tensors.get(&plan.io.step) {
-            Some(StateTensor::I64 { data, .. }) => *data.first().context("the step counter is empty")?,
-            _ => 0,
-        };
-        Ok(Adapter {
-            base_sha256: plan.source.sha256.clone(),
-            base_path: plan.source.path.clone(),
-            plan: plan.hash(),
-            mode: plan.mode.clone(),
-            step,
-            tensors,
-        })
+        Adapter::of_plan(plan, state, tensors)
     }
 }
 

@@ -159,11 +159,7 @@ pub fn every_value_of_a_step(dir: &Path, batch: &[(&str, HostTensor)]) -> Vec<Pr
     let state = load_state(&dir.join("state.safetensors"));
     let mut feed: Vec<(&str, HostTensor)> = batch.to_vec();
     for (name, t) in &state.tensors {
-        let host = match t {
-            StateTensor::F32 { shape, data } => HostTensor::f32(shape, data.clone()),
-            StateTensor::I64 { shape, data } => HostTensor::i64(shape, data.clone()),
-        };
-        feed.push((name.as_str(), host));
+        feed.push((name.as_str(), host(t)));
     }
     feed.push((plan.io.lr.as_str(), HostTensor::f32(&[], vec![1e-2])));
     let mut session = Session::from_file(&probe, &SessionOptions { threads: Some(1), ..Default::default() }).unwrap();
@@ -175,4 +171,31 @@ pub fn every_value_of_a_step(dir: &Path, batch: &[(&str, HostTensor)]) -> Vec<Pr
             Some(Probed { op, pass, name, value })
         })
         .collect()
+}
+
+/// A state tensor as a host tensor.
+pub fn host(t: &StateTensor) -> HostTensor {
+    match t {
+        StateTensor::F32 { shape, data } => HostTensor::f32(shape, data.clone()),
+        StateTensor::I64 { shape, data } => HostTensor::i64(shape, data.clone()),
+    }
+}
+
+/// `output` of `model` fed `inputs`, flattened (one thread).
+pub fn run(model: &Path, inputs: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
+    use neft::runtime::ort::{Session, SessionOptions};
+    let mut s = Session::from_file(model, &SessionOptions { threads: Some(1), ..Default::default() }).unwrap();
+    let outs = s.run(inputs).unwrap();
+    let (_, v) = outs.into_iter().find(|(n, _)| n == output).unwrap();
+    v.as_f32().unwrap().iter().copied().collect()
+}
+
+/// The eval graph's `output` with the parameters of `state`.
+pub fn eval_output(art: &Path, state: &State, data: &[(&str, HostTensor)], output: &str) -> Vec<f32> {
+    let plan = neft::artifact::Plan::load(&art.join("plan.json")).unwrap();
+    let mut feed = data.to_vec();
+    for p in &plan.params {
+        feed.push((p.name.as_str(), host(&state.tensors[&p.name])));
+    }
+    run(&art.join("eval.onnx"), &feed, output)
 }
