@@ -381,6 +381,18 @@ const BROADCASTING: &[&str] = &[
 /// Numpy-style broadcast that never fails: a dimension that cannot be told is
 /// `Dim::Unknown` (a number above 1 against an unknown one is that number).
 fn loose_broadcast(a: &[Dim], b: &[Dim]) -> Vec<Dim> {
+    broadcast_dims(a, b, |da, db| match (da, db) {
+        (Dim::Known(n), _) | (_, Dim::Known(n)) => Dim::Known(*n),
+        _ => Dim::Unknown,
+    })
+}
+
+/// Numpy-style broadcast of two shapes, aligned on their last axes; `undecided` gives
+/// the dimension where neither is 1 and they are not known to be equal.
+fn broadcast_dims<T>(a: &[Dim], b: &[Dim], undecided: impl Fn(&Dim, &Dim) -> T) -> Vec<T>
+where
+    T: From<Dim>,
+{
     let r = a.len().max(b.len());
     let one = Dim::Known(1);
     (0..r)
@@ -388,10 +400,9 @@ fn loose_broadcast(a: &[Dim], b: &[Dim]) -> Vec<Dim> {
             let da = if i + a.len() >= r { &a[i + a.len() - r] } else { &one };
             let db = if i + b.len() >= r { &b[i + b.len() - r] } else { &one };
             match (da, db) {
-                (Dim::Known(1), d) | (d, Dim::Known(1)) => d.clone(),
-                _ if dims_equal(da, db) == Some(true) => da.clone(),
-                (Dim::Known(n), _) | (_, Dim::Known(n)) => Dim::Known(*n),
-                _ => Dim::Unknown,
+                (Dim::Known(1), d) | (d, Dim::Known(1)) => T::from(d.clone()),
+                _ if dims_equal(da, db) == Some(true) => T::from(da.clone()),
+                _ => undecided(da, db),
             }
         })
         .collect()
@@ -415,19 +426,7 @@ pub(crate) fn dims_equal(a: &Dim, b: &Dim) -> Option<bool> {
 
 /// Numpy-style broadcast of two shapes; `None` where a dimension cannot be told.
 pub(crate) fn broadcast(a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
-    let r = a.len().max(b.len());
-    let one = Dim::Known(1);
-    (0..r)
-        .map(|i| {
-            let da = if i + a.len() >= r { &a[i + a.len() - r] } else { &one };
-            let db = if i + b.len() >= r { &b[i + b.len() - r] } else { &one };
-            match (da, db) {
-                (Dim::Known(1), d) | (d, Dim::Known(1)) => Some(d.clone()),
-                _ if dims_equal(da, db) == Some(true) => Some(da.clone()),
-                _ => None,
-            }
-        })
-        .collect()
+    broadcast_dims(a, b, |_, _| None).into_iter().collect()
 }
 
 pub(crate) fn is_float(dtype: i32) -> bool {
