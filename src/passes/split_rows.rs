@@ -207,7 +207,10 @@ fn rewrite_use(
         // the selected columns are placed by a product with a one-hot [k, out] matrix
         // (exact: each output adds one value to zeros) and the frozen ones kept by a
         // 0/1 mask.
-        let keep: Vec<f32> = (0..out).map(|j| if selected.contains(&j) { 0.0 } else { 1.0 }).collect();
+        let mut keep = vec![1.0f32; out as usize];
+        for &j in selected {
+            keep[j as usize] = 0.0;
+        }
         let keep = f32_constant(graph, &format!("{w}.keep"), &[out], &keep)?;
         let place = one_hot(selected, out as usize, false);
         let place = f32_constant(graph, &format!("{w}.place"), &[selected.len() as i64, out], &place)?;
