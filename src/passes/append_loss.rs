@@ -4,8 +4,8 @@
 //! (with `--loss auto`) a `logits [batch, classes]` output.
 //! Out: the same graph with a scalar FLOAT output holding the loss. For logits, a
 //! causal-LM cross-entropy is appended: a new input `labels [batch, seq]` (INT64),
-//! logits at position t predict labels at t+1 (the labels are shifted, not the logits), label -100 is ignored, the loss is the
-//! mean over counted tokens. For rank-2 logits, a sequence-classification
+//! logits at position t predict labels at t+1 (the labels are shifted, not the
+//! logits), label -100 is ignored, the loss is the mean over counted tokens. For rank-2 logits, a sequence-classification
 //! cross-entropy: `labels [batch]`, one class per row (-100 ignored), the mean over
 //! counted rows. Built from LogSoftmax + GatherElements + a masked mean:
 //! ONNX Runtime's CUDA provider has no SoftmaxCrossEntropyLoss kernel.
@@ -62,13 +62,19 @@ pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassE
     }
 }
 
-fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
+/// Adds the INT64 `labels` input neft's loss reads, shaped `dims`.
+fn add_labels(graph: &mut Graph, dims: &[DimSpec]) -> Result<(), PassError> {
     if graph.producer("labels").is_some() {
         return Err(refuse("loss", "the model already has a value named 'labels'; name its loss output with --loss"));
     }
+    graph.add_input(make::value_info("labels", DataType::Int64, dims))?;
+    Ok(())
+}
+
+fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
+    add_labels(graph, &["batch".into(), "seq".into()])?;
     graph.set_pass(Some("loss"));
     let g = graph;
-    g.add_input(make::value_info("labels", DataType::Int64, &["batch".into(), "seq".into()]))?;
     // Position t predicts token t+1. The labels are shifted (left by one, -100 in the
     // last column), not the logits: a Slice of the logits would cost a logits-sized
     // copy in the backward pass, and the last position's prediction simply counts as
@@ -89,11 +95,8 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
 
 /// Rank-2 logits `[batch, classes]`: labels `[batch]`, one class per row.
 fn sequence_classification(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
-    if graph.producer("labels").is_some() {
-        return Err(refuse("loss", "the model already has a value named 'labels'; name its loss output with --loss"));
-    }
+    add_labels(graph, &["batch".into()])?;
     graph.set_pass(Some("loss"));
-    graph.add_input(make::value_info("labels", DataType::Int64, &["batch".into()]))?;
     let (loss, count) = masked_mean_nll(graph, logits, "labels")?;
     graph.set_pass(None);
     Ok(LossInfo { loss, kind: SEQUENCE_CLASSIFICATION.into(), labels: Some("labels".into()), tokens: Some(count) })
@@ -106,14 +109,12 @@ pub const SEQUENCE_CLASSIFICATION: &str = "sequence-classification";
 /// the shape of `logits` without its last axis); adds the loss and the count as graph
 /// outputs and returns their names.
 fn masked_mean_nll(g: &mut Graph, logits: &str, lb: &str) -> Result<(String, String), PassError> {
-    let lb = lb.to_string();
-    let lg = logits.to_string();
-    let lp = g.add1("LogSoftmax", &[&lg], vec![attr::int("axis", -1)], "log_probs")?;
+    let lp = g.add1("LogSoftmax", &[logits], vec![attr::int("axis", -1)], "log_probs")?;
     let ignore = g.const_i64("ignore_index", IGNORE_INDEX);
-    let is_ignored = g.add1("Equal", &[&lb, &ignore], vec![], "ignored")?;
+    let is_ignored = g.add1("Equal", &[lb, &ignore], vec![], "ignored")?;
     let valid = g.add1("Not", &[&is_ignored], vec![], "counted")?;
     let zero_i = g.const_i64("zero_label", 0);
-    let safe = g.add1("Where", &[&valid, &lb, &zero_i], vec![], "safe_labels")?;
+    let safe = g.add1("Where", &[&valid, lb, &zero_i], vec![], "safe_labels")?;
     let last = g.const_i64s("last_axis", &[-1]);
     let idx = g.add1("Unsqueeze", &[&safe, &last], vec![], "label_index")?;
     let picked = g.add1("GatherElements", &[&lp, &idx], vec![attr::int("axis", -1)], "label_log_prob")?;

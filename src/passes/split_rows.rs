@@ -115,7 +115,26 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
 /// part of an MLP unit): each use `Y = X·W` gains `X[.., S] · (W.rows − W[S, :])`.
 fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Trainable, PassError> {
     let w = layer.weight.clone();
-    let users = super::weight_uses(PASS, graph, layer, &["MatMul", "Gemm", "Conv"])?;
+    let users = super::weight_uses(PASS, graph, layer, &["MatMul", "Gemm"])?;
+    // The rewrite below adds to `X·W`, X the first input: a Gemm must compute that.
+    for &node in &users {
+        let op = graph.op(node).expect("a layer use is an op");
+        let plain = op.attribute.iter().all(|a| match a.name() {
+            "transA" | "transB" => a.i() == 0,
+            "alpha" => a.f() == 1.0,
+            _ => true,
+        });
+        if !plain {
+            return Err(refuse(
+                PASS,
+                format!(
+                    "{}: input rows of '{w}' can be split only where the layer computes X·W (no transA, transB or \
+                     alpha)",
+                    graph.describe(node)
+                ),
+            ));
+        }
+    }
     let mut shape = layer.shape.clone();
     shape[0] = rows.len() as i64;
     let rows_name = format!("{w}.rows");
@@ -152,8 +171,8 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
     })
 }
 
-/// `Y = op(X, W, ...)` becomes `Gather(Concat(Y_frozen, op(X, W.rows, ...)), order)`
-/// along the neuron axis: the selected neurons' outputs replace the frozen ones.
+/// `Y = op(X, W, ...)` becomes the frozen output with the selected neurons' outputs
+/// `op(X, W.rows, ...)` in their place (see the module doc for the two forms).
 fn rewrite_use(
     graph: &mut Graph,
     node: NodeIndex,

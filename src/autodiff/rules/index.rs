@@ -59,7 +59,7 @@ fn gather(c: &mut Ctx) -> R<Grads> {
 }
 
 /// The gradient of a Gather by constant, distinct 1-D indices along an axis of known
-/// size n (a split layer's selected columns, or a permutation of them): every
+/// size n (e.g. the channel order a split Conv layer gathers by): every
 /// position p of X was picked at most once, so dX = Gather(Concat(dY, 0), J) with
 /// J[p] the position that picked p, or the appended zero slice. Two copies and an
 /// `[n]` index, where the scatter would need zeros, an index broadcast to dY's size
