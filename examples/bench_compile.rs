@@ -31,6 +31,8 @@ fn config(name: &str) -> LlamaConfig {
         tie_word_embeddings: name != "7b",
         bos_token_id: None,
         eos_token_id: None,
+        pad_token_id: None,
+        max_position_embeddings: None,
     }
 }
 

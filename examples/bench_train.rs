@@ -223,6 +223,8 @@ fn main() {
         tie_word_embeddings: true,
         bos_token_id: None,
         eos_token_id: None,
+        pad_token_id: None,
+        max_position_embeddings: None,
     };
     let model_path = build_llama(&cfg, &mut RandomWeights::new(1), &root.path().join("model")).unwrap();
     let model = neft::onnx::load(&model_path).unwrap();

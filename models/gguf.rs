@@ -492,6 +492,24 @@ pub fn unpermute_qk(data: &[f32], out: usize, inp: usize, heads: usize) -> Vec<f
     result
 }
 
+/// llama.cpp's row permutation of a q or k projection weight, the inverse of
+/// [`unpermute_qk`]: Hugging Face's `[out, inp]` rows into the interleaved order GGUF
+/// files keep. Panics on the shapes [`unpermute_qk`] panics on.
+pub fn permute_qk(data: &[f32], out: usize, inp: usize, heads: usize) -> Vec<f32> {
+    assert!(data.len() == out * inp && heads > 0 && out.is_multiple_of(2 * heads), "permute_qk: bad shape");
+    let half = out / heads / 2;
+    let mut result = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for j in 0..half {
+            for i in 0..2 {
+                let row = (h * 2 + i) * half + j; // source row (h, i, j)
+                result.extend_from_slice(&data[row * inp..(row + 1) * inp]);
+            }
+        }
+    }
+    result
+}
+
 fn f16(b: &[u8]) -> f32 {
     crate::precision::f16_le([b[0], b[1]])
 }

@@ -39,6 +39,12 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<serde_json::Value>,
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub pad_token_id: Option<serde_json::Value>,
+    /// The context the model was trained for (written for transformers; the graph
+    /// itself takes any length).
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn default_rope_theta() -> f32 {
@@ -243,8 +249,7 @@ pub fn build_llama(cfg: &LlamaConfig, weights: &mut dyn WeightSource, dir: &Path
     };
     let path = dir.join("model.onnx");
     crate::onnx::save(&Model::new(make::model(graph, 18), dir), &path)?;
-    let config = serde_json::to_string_pretty(cfg)?;
-    crate::fsutil::write_bytes_atomic(&dir.join("config.json"), config.as_bytes())?;
+    super::hf::write_configs(dir, cfg, None, None)?;
     Ok(path)
 }
 
@@ -312,7 +317,8 @@ fn linear(
     Ok(b.node("MatMul", &[x, &stored], vec![]))
 }
 
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// `[rows, cols]` row-major → `[cols, rows]`.
+pub fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; w.len()];
     for r in 0..rows {
         for c in 0..cols {

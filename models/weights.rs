@@ -83,12 +83,17 @@ impl GgufWeights<'_> {
             tie_word_embeddings: g.tensor("output.weight").is_err(),
             bos_token_id: id("tokenizer.ggml.bos_token_id"),
             eos_token_id: id("tokenizer.ggml.eos_token_id"),
+            pad_token_id: id("tokenizer.ggml.padding_token_id"),
+            max_position_embeddings: g
+                .get("llama.context_length")
+                .and_then(super::gguf::Value::as_u64)
+                .map(|n| n as usize),
         })
     }
 }
 
 /// The llama.cpp name of a HF Llama weight.
-fn gguf_name(hf: &str) -> anyhow::Result<String> {
+pub fn gguf_name(hf: &str) -> anyhow::Result<String> {
     let fixed = [
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),

@@ -225,24 +225,36 @@ pub fn run_build_model(args: &BuildModelArgs) -> anyhow::Result<()> {
             let cfg =
                 weights.config().with_context(|| format!("{}: reading the Llama configuration", file.display()))?;
             let path = build_llama(&cfg, &mut weights, &args.out)?;
-            let tokenizer = crate::models::tokenizer::tokenizer_json_from_gguf(&gguf)?;
+            let tokenizer = crate::models::tokenizer::GgufTokenizer::from_gguf(&gguf)?;
+            let json = crate::models::tokenizer::tokenizer_json_from_gguf(&gguf)?;
             crate::fsutil::write_bytes_atomic(
                 &args.out.join("tokenizer.json"),
-                serde_json::to_string(&tokenizer)?.as_bytes(),
+                serde_json::to_string(&json)?.as_bytes(),
             )?;
-            if let Some(t) = gguf.get("tokenizer.chat_template").and_then(crate::models::gguf::Value::as_str) {
-                let config = serde_json::json!({ "chat_template": t });
-                crate::fsutil::write_bytes_atomic(
-                    &args.out.join("tokenizer_config.json"),
-                    serde_json::to_string_pretty(&config)?.as_bytes(),
-                )?;
-            }
+            crate::models::hf::write_configs(
+                &args.out,
+                &cfg,
+                Some(&tokenizer.inner),
+                tokenizer.chat_template.as_deref(),
+            )?;
+            crate::models::folder::BuildSource::Gguf(absolute(file)?).save(&args.out)?;
             path
         }
         (Some(dir), _) => {
             let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
             let mut weights = crate::models::weights::SafetensorsWeights::open(dir)?;
-            build_llama(&cfg, &mut weights, &args.out)?
+            let path = build_llama(&cfg, &mut weights, &args.out)?;
+            // The checkpoint's own tokenizer and generation settings, as they are.
+            for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
+            {
+                let src = dir.join(name);
+                if src.is_file() {
+                    let bytes = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+                    crate::fsutil::write_bytes_atomic(&args.out.join(name), &bytes)?;
+                }
+            }
+            crate::models::folder::BuildSource::Safetensors(absolute(dir)?).save(&args.out)?;
+            path
         }
         (None, Some(config)) => {
             build_llama(&LlamaConfig::from_file(config)?, &mut RandomWeights::new(args.seed), &args.out)?
@@ -253,6 +265,10 @@ pub fn run_build_model(args: &BuildModelArgs) -> anyhow::Result<()> {
     };
     println!("wrote {} in {:.1} s", path.display(), t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+fn absolute(path: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}: cannot make the path absolute", path.display()))
 }
 
 /// The selected share per block and module, drawn from the plan.

@@ -2,79 +2,12 @@
 //! dequantization against values worked out in comments, metadata round trips,
 //! hostile files, the q/k unpermutation, and byte-level BPE encoding.
 
-use neft::models::gguf::{unpermute_qk, GgmlType, Gguf, GgufError, Value, ValueType};
+use neft::models::gguf::{permute_qk, unpermute_qk, GgmlType, Gguf, GgufError, Value, ValueType};
 use neft::models::tokenizer::{tokenizer_json_from_gguf, GgufTokenizer};
 use std::io::Write;
 
-// ---------------------------------------------------------------------------
-// A minimal GGUF v3 writer.
-
-struct TensorIn {
-    name: String,
-    dims: Vec<u64>,
-    ty: GgmlType,
-    data: Vec<u8>,
-}
-
-fn tensor(name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> TensorIn {
-    TensorIn { name: name.to_string(), dims: dims.to_vec(), ty, data }
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend((s.len() as u64).to_le_bytes());
-    buf.extend(s.as_bytes());
-}
-
-fn put_value(buf: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::U8(x) => buf.push(*x),
-        Value::I8(x) => buf.push(*x as u8),
-        Value::U16(x) => buf.extend(x.to_le_bytes()),
-        Value::I16(x) => buf.extend(x.to_le_bytes()),
-        Value::U32(x) => buf.extend(x.to_le_bytes()),
-        Value::I32(x) => buf.extend(x.to_le_bytes()),
-        Value::U64(x) => buf.extend(x.to_le_bytes()),
-        Value::I64(x) => buf.extend(x.to_le_bytes()),
-        Value::F32(x) => buf.extend(x.to_le_bytes()),
-        Value::F64(x) => buf.extend(x.to_le_bytes()),
-        Value::Bool(x) => buf.push(*x as u8),
-        Value::String(s) => put_str(buf, s),
-        Value::Array(t, items) => {
-            buf.extend((*t as u32).to_le_bytes());
-            buf.extend((items.len() as u64).to_le_bytes());
-            items.iter().for_each(|i| put_value(buf, i));
-        }
-    }
-}
-
-fn write_gguf(kvs: &[(&str, Value)], tensors: &[TensorIn]) -> Vec<u8> {
-    // Hostile alignments are written as they are but padded with the default.
-    let align = kvs.iter().find(|(k, _)| *k == "general.alignment").and_then(|(_, v)| v.as_u64());
-    let align = align.filter(|a| a.is_power_of_two() && *a <= 4096).unwrap_or(32);
-    let pad = |buf: &mut Vec<u8>| buf.resize(buf.len().next_multiple_of(align as usize), 0);
-    let mut buf = b"GGUF".to_vec();
-    buf.extend(3u32.to_le_bytes());
-    buf.extend((tensors.len() as u64).to_le_bytes());
-    buf.extend((kvs.len() as u64).to_le_bytes());
-    for (k, v) in kvs {
-        put_str(&mut buf, k);
-        buf.extend((v.value_type() as u32).to_le_bytes());
-        put_value(&mut buf, v);
-    }
-    let mut data = vec![];
-    for t in tensors {
-        put_str(&mut buf, &t.name);
-        buf.extend((t.dims.len() as u32).to_le_bytes());
-        t.dims.iter().for_each(|d| buf.extend(d.to_le_bytes()));
-        buf.extend(t.ty.0.to_le_bytes());
-        buf.extend((data.len() as u64).to_le_bytes());
-        data.extend(&t.data);
-        pad(&mut data);
-    }
-    pad(&mut buf);
-    buf.extend(data);
-    buf
-}
+mod gguf_support;
+use gguf_support::{gguf_bytes as write_gguf, put_str, tensor, tokenizer_kvs, MERGED, SPECIALS};
 
 /// Writes `bytes` to a temporary file and opens it (the file may go once it is mapped).
 fn open(bytes: &[u8]) -> Result<Gguf, GgufError> {
@@ -358,7 +291,7 @@ fn hostile_headers_and_tables_are_refused() {
 #[test]
 fn hostile_tensor_infos_are_refused() {
     let w = || tensor("w", &[32], GgmlType::Q8_0, f16_block(&[ONE], &[1; 32]));
-    let with = |f: &dyn Fn(&mut TensorIn)| {
+    let with = |f: &dyn Fn(&mut neft::models::gguf_write::GgufTensor)| {
         let mut t = w();
         f(&mut t);
         write_gguf(&[], &[t])
@@ -380,10 +313,10 @@ fn hostile_tensor_infos_are_refused() {
     assert!(open_err(&with(&|t| t.dims = vec![1 << 40, 1 << 40])).contains("overflow"));
     assert!(open_err(&with(&|t| t.dims = vec![32, 1 << 30])).contains("past the end"));
     // 2^62 F64 values fit the element count but not a byte count.
-    assert!(open_err(&with(&|t| (t.dims, t.ty) = (vec![1 << 62], GgmlType(28)))).contains("overflow"));
+    assert!(open_err(&with(&|t| (t.dims, t.ggml_type) = (vec![1 << 62], GgmlType(28)))).contains("overflow"));
     assert!(open_err(&with(&|t| t.dims = vec![1; 5])).contains("5 dims"));
     assert!(open_err(&with(&|t| t.dims = vec![16, 2])).contains("multiple of the Q8_0 block"));
-    assert!(open_err(&with(&|t| t.ty = GgmlType(99))).contains("unknown ggml type 99"));
+    assert!(open_err(&with(&|t| t.ggml_type = GgmlType(99))).contains("unknown ggml type 99"));
     assert!(open_err(&write_gguf(&[], &[w(), w()])).contains("'w': appears twice"));
     for align in [Value::U32(3), Value::U32(0), Value::U64(1 << 63)] {
         let bad_align = write_gguf(&[("general.alignment", align)], &[]);
@@ -395,7 +328,7 @@ fn hostile_tensor_infos_are_refused() {
 // (4) Undoing llama.cpp's q/k row permutation.
 
 #[test]
-fn unpermute_qk_restores_rotary_halves() {
+fn unpermute_qk_restores_rotary_halves_and_permute_qk_undoes_it() {
     // One head, 4 rows of 2: llama.cpp stores rows in (pair j, half i) order:
     // r0 = (j0,i0), r1 = (j0,i1), r2 = (j1,i0), r3 = (j1,i1). HF wants (i, j) order: r0 r2 r1 r3.
     let rows = [[0.0, 0.5], [1.0, 1.5], [2.0, 2.5], [3.0, 3.5]];
@@ -408,6 +341,10 @@ fn unpermute_qk_restores_rotary_halves() {
     let data: Vec<f32> = (0..18).map(|x| x as f32).collect();
     let expect = [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11, 12, 14, 16, 13, 15, 17].map(|x| x as f32);
     assert_eq!(unpermute_qk(&data, 18, 1, 3), expect);
+    // The export's permutation undoes it, whatever the shape.
+    assert_eq!(permute_qk(&expect, 18, 1, 3), data);
+    let data: Vec<f32> = (0..8 * 3).map(|x| x as f32).collect();
+    assert_eq!(permute_qk(&unpermute_qk(&data, 8, 3, 2), 8, 3, 2), data);
 }
 
 #[test]
@@ -449,62 +386,23 @@ fn llama_weight_unpermutes_q_and_k_only() {
 // ---------------------------------------------------------------------------
 // (5) The tokenizer on a small byte-level BPE vocabulary.
 
-/// GPT-2's byte-to-character table: printable bytes stand for themselves, the others
-/// take U+0100 onwards in byte order (so space is 'Ġ', U+0120).
-fn byte_chars() -> Vec<char> {
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
-    let mut next = 0x100;
-    (0..=255u8)
-        .map(|b| {
-            if printable(b) {
-                b as char
-            } else {
-                next += 1;
-                char::from_u32(next - 1).unwrap()
-            }
-        })
-        .collect()
-}
-
-/// ids: 0 <|endoftext|>, 1 <|im_start|>, 2..258 the 256 bytes, then the merged tokens.
-const MERGED: [&str; 9] = ["he", "ll", "hell", "hello", "Ġw", "or", "Ġwor", "ld", "12"];
-const MERGES: [&str; 9] = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "1 2"];
-
 fn tokenizer_file(pre: &str, add_bos: bool) -> Vec<u8> {
-    let strings = |xs: Vec<String>| Value::Array(ValueType::String, xs.into_iter().map(Value::String).collect());
-    let mut tokens = vec!["<|endoftext|>".to_string(), "<|im_start|>".to_string()];
-    tokens.extend(byte_chars().iter().map(|c| c.to_string()));
-    tokens.extend(MERGED.iter().map(|s| s.to_string()));
-    let types = (0..tokens.len()).map(|i| Value::I32(if i < 2 { 3 } else { 1 })).collect();
-    write_gguf(
-        &[
-            ("tokenizer.ggml.model", Value::String("gpt2".into())),
-            ("tokenizer.ggml.pre", Value::String(pre.into())),
-            ("tokenizer.ggml.tokens", strings(tokens)),
-            ("tokenizer.ggml.token_type", Value::Array(ValueType::I32, types)),
-            ("tokenizer.ggml.merges", strings(MERGES.iter().map(|s| s.to_string()).collect())),
-            ("tokenizer.ggml.bos_token_id", Value::U32(1)),
-            ("tokenizer.ggml.eos_token_id", Value::U32(0)),
-            ("tokenizer.ggml.add_bos_token", Value::Bool(add_bos)),
-            ("tokenizer.chat_template", Value::String("{{ messages }}".into())),
-        ],
-        &[],
-    )
+    write_gguf(&tokenizer_kvs(pre, add_bos), &[])
 }
 
 fn id(token: &str) -> u32 {
-    258 + MERGED.iter().position(|t| *t == token).unwrap() as u32
+    (SPECIALS + 256) as u32 + MERGED.iter().position(|t| *t == token).unwrap() as u32
 }
 
 fn byte_id(b: u8) -> u32 {
-    2 + b as u32
+    SPECIALS as u32 + b as u32
 }
 
 #[test]
 fn tokenizer_applies_merges_and_round_trips() {
     let g = open(&tokenizer_file("smollm", false)).unwrap();
     let tok = GgufTokenizer::from_gguf(&g).unwrap();
-    assert_eq!((tok.bos, tok.eos, tok.chat_template.as_deref()), (Some(1), Some(0), Some("{{ messages }}")));
+    assert_eq!((tok.bos, tok.eos, tok.chat_template.as_deref()), (Some(1), Some(2), Some("{{ messages }}")));
 
     // "hello": h e -> he, l l -> ll, he ll -> hell, hell o -> hello.
     // " world": Ġ w -> Ġw, o r -> or, Ġw or -> Ġwor, l d -> ld.

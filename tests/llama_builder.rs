@@ -23,6 +23,8 @@ fn tiny_config() -> LlamaConfig {
         tie_word_embeddings: true,
         bos_token_id: None,
         eos_token_id: None,
+        pad_token_id: None,
+        max_position_embeddings: None,
     }
 }
 

@@ -106,6 +106,8 @@ fn rank_25_on_smollm2_s_mlp_widths_gives_peft_s_count_per_block() {
         tie_word_embeddings: true,
         bos_token_id: None,
         eos_token_id: None,
+        pad_token_id: None,
+        max_position_embeddings: None,
     };
     let model = build_llama(&cfg, &mut RandomWeights::new(1), &dir.join("smol")).unwrap();
     let model = model.to_str().unwrap();

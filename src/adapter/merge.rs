@@ -22,9 +22,21 @@ pub struct MergeReport {
     pub tensors: Vec<(String, usize)>,
 }
 
-/// Writes `base` with `adapter`'s rows to `out`. Refuses a base model whose SHA-256 is
-/// not the one the adapter was trained from.
+/// Writes `base` with `adapter`'s rows to `out` (see [`merged_tensors`]).
 pub fn merge(base: &Model, adapter: &Adapter, out: &Path) -> anyhow::Result<MergeReport> {
+    refuse_overwriting_base(base, out)?;
+    let replaced = merged_tensors(base, adapter)?;
+    let data = write_merged(base, &replaced, out)?;
+    Ok(MergeReport {
+        model: out.to_path_buf(),
+        data,
+        tensors: adapter.tensors.iter().map(|t| (t.source.clone(), t.rows.len())).collect(),
+    })
+}
+
+/// The whole tensors `adapter` changes, by initializer name, with its rows written in.
+/// Refuses a base model whose SHA-256 is not the one the adapter was trained from.
+pub fn merged_tensors(base: &Model, adapter: &Adapter) -> anyhow::Result<HashMap<String, Vec<f32>>> {
     let label = base.display_path();
     let sha = sha256_file(&base.path)?;
     if sha != adapter.base_sha256 {
@@ -36,17 +48,11 @@ pub fn merge(base: &Model, adapter: &Adapter, out: &Path) -> anyhow::Result<Merg
             adapter.base_path
         );
     }
-    refuse_overwriting_base(base, out)?;
     let mut replaced = HashMap::new();
     for t in &adapter.tensors {
         replaced.insert(t.source.clone(), merged_values(base, t)?);
     }
-    let data = write_merged(base, &replaced, out)?;
-    Ok(MergeReport {
-        model: out.to_path_buf(),
-        data,
-        tensors: adapter.tensors.iter().map(|t| (t.source.clone(), t.rows.len())).collect(),
-    })
+    Ok(replaced)
 }
 
 fn data_location(out: &Path) -> anyhow::Result<String> {

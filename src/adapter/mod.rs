@@ -14,9 +14,11 @@
 //! only merges (`neft export --merged`).
 
 mod export;
+mod formats;
 mod lora;
 mod merge;
 
+pub use formats::{write_gguf, write_hf, write_peft, FormatReport};
 pub use merge::{merge, MergeReport};
 
 use crate::artifact::{State, StateTensor};

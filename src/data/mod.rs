@@ -10,10 +10,12 @@
 mod batch;
 mod feed;
 mod jsonl;
+mod tokenizer;
 
 pub use batch::{Batch, Batcher};
 pub use feed::{data_inputs, DataInput, TokenFeed, TokenSource};
 pub use jsonl::{parse_line, read_jsonl, tokenize, DataError, Example, Tokenized};
+pub use tokenizer::{load_tokenizer, TextTokenizer};
 
 /// Turns text into token ids (a `tokenizer.json`, or anything else).
 pub trait Encode {

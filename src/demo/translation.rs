@@ -161,7 +161,7 @@ pub struct Sample {
 
 /// A translation is one line: it ends at the end-of-sequence token or at any token
 /// that writes a line break (a base model otherwise goes on to comment on its answer).
-fn line_ends(tokenizer: &tokenizers::Tokenizer) -> anyhow::Result<HashSet<i64>> {
+fn line_ends(tokenizer: &crate::data::TextTokenizer) -> anyhow::Result<HashSet<i64>> {
     let eos = tokenizer.eos().context("the tokenizer has no end-of-sequence token")?;
     let mut stop: HashSet<i64> = tokenizer
         .get_vocab(true)
@@ -181,7 +181,7 @@ const SEQ_LEN: usize = 256;
 /// Scores `model` (an ONNX causal LM with `input_ids` → `logits`) on the task.
 pub fn score(
     model: &Path,
-    tokenizer: &tokenizers::Tokenizer,
+    tokenizer: &crate::data::TextTokenizer,
     task: &Task,
     opts: &SessionOptions,
 ) -> anyhow::Result<Scores> {

@@ -46,7 +46,7 @@ impl DataArgs {
     }
 
     /// The tokenizer, if one was given.
-    pub fn tokenizer(&self) -> anyhow::Result<Option<tokenizers::Tokenizer>> {
+    pub fn tokenizer(&self) -> anyhow::Result<Option<crate::data::TextTokenizer>> {
         self.tokenizer.as_deref().map(super::load_tokenizer).transpose()
     }
 }

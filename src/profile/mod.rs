@@ -21,12 +21,13 @@ mod session;
 mod sites;
 mod stream;
 
+pub use crate::data::load_tokenizer;
 pub use file::{source_info, Profile, SiteStats, Statistic, PROFILE_FORMAT};
 pub use instrument::{instrument, SiteOutputs, MASK_INPUT, TOKENS_OUTPUT};
 pub use reduce::Form;
 pub use session::{open_derived, DerivedSession};
 pub use sites::{find_sites, input_site, Site, SiteKind};
-pub use stream::{load_tokenizer, StreamOptions, TokenBatch, TokenInputs, TokenStream};
+pub use stream::{StreamOptions, TokenBatch, TokenInputs, TokenStream};
 
 use crate::analyze::find_layers;
 use crate::data::Encode;

@@ -281,27 +281,3 @@ fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> Token
         classes,
     }
 }
-
-/// A `tokenizer.json` as an [`Encode`]r: special tokens added as the tokenizer's
-/// post-processor says; the end-of-sequence token is the first of the usual names
-/// (`</s>`, `<|endoftext|>`, `<eos>`, `<|end_of_text|>`, `<|im_end|>`) it knows.
-impl Encode for tokenizers::Tokenizer {
-    fn encode(&self, text: &str) -> anyhow::Result<Vec<i64>> {
-        // The inherent method (through Deref), not this trait's.
-        let enc = (**self).encode(text, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
-    }
-
-    fn eos(&self) -> Option<i64> {
-        ["</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>", "<|im_end|>"]
-            .iter()
-            .find_map(|t| self.token_to_id(t))
-            .map(|i| i as i64)
-    }
-}
-
-/// Loads a `tokenizer.json`.
-pub fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
-    tokenizers::Tokenizer::from_file(path)
-        .map_err(|e| anyhow::anyhow!("{}: not a tokenizer.json the tokenizers crate can read: {e}", path.display()))
-}

@@ -155,19 +155,37 @@ fn schedule_note(s: &Summary) -> String {
 
 /// Options of `neft export`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("outputs").args(["adapter", "merged", "hf", "gguf", "peft"]).multiple(true).required(true))]
 pub struct ExportArgs {
     /// The artifact folder (after `neft train`).
     pub dir: PathBuf,
     /// Write the trained rows (and bias elements) as an adapter (not for LoRA artifacts).
-    #[arg(long, required_unless_present = "merged")]
+    #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Write the base model with the trained rows merged in (weights in <MERGED>.data);
     /// for a LoRA artifact, with A·B·(alpha/rank) added to each adapted weight.
     #[arg(long)]
     pub merged: Option<PathBuf>,
-    /// The base model for --merged [default: the model the artifacts were compiled from,
-    /// as plan.json records it].
-    #[arg(long, requires = "merged")]
+    /// Write the merged model as a Hugging Face checkpoint folder (model.safetensors with
+    /// Hugging Face names, config.json, tokenizer files) that transformers loads; for
+    /// models written by `neft build-model llama`.
+    #[arg(long, value_name = "DIR")]
+    pub hf: Option<PathBuf>,
+    /// Write the merged model as a GGUF file for llama.cpp, with the metadata, tokenizer
+    /// and tensor names of the GGUF the base model was built from.
+    #[arg(long, value_name = "FILE")]
+    pub gguf: Option<PathBuf>,
+    /// The type of the GGUF's matrices (vectors stay F32).
+    #[arg(long, value_enum, default_value = "f16", requires = "gguf")]
+    pub gguf_type: crate::models::gguf_write::GgufFloat,
+    /// Write a LoRA artifact's factors as a PEFT adapter folder (adapter_config.json,
+    /// adapter_model.safetensors) for `PeftModel.from_pretrained` on the base model's
+    /// Hugging Face checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub peft: Option<PathBuf>,
+    /// The base model [default: the model the artifacts were compiled from, as plan.json
+    /// records it].
+    #[arg(long)]
     pub base: Option<PathBuf>,
     /// The state to export [default: OUT/checkpoint.safetensors].
     #[arg(long)]
@@ -181,35 +199,66 @@ pub fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
     let plan = Plan::load_dir(&args.dir)?;
     let state_path = args.state.clone().unwrap_or_else(|| checkpoint::checkpoint_path(&args.dir));
     let state = trained_state(&plan, &state_path)?;
-    let base = match &args.merged {
-        Some(_) => Some(crate::onnx::load(base_path(args, &plan)?)?),
-        None => None,
+    let merges = args.merged.is_some() || args.hf.is_some() || args.gguf.is_some();
+    let base = match merges {
+        true => Some(crate::onnx::load(base_path(args, &plan)?)?),
+        false => None,
     };
     let adapter = match (&plan.lora, &base) {
-        // LoRA factors fold into whole weights: only the merged model can be written.
-        (Some(_), Some(base)) if args.adapter.is_none() => Adapter::merged_lora(&plan, &state, base)?,
-        _ => Adapter::from_state(&plan, &state)?,
+        _ if args.adapter.is_none() && !merges => None,
+        // LoRA factors fold into whole weights: only merged models can be written.
+        (Some(_), Some(base)) if args.adapter.is_none() => Some(Adapter::merged_lora(&plan, &state, base)?),
+        _ => Some(Adapter::from_state(&plan, &state)?),
     };
-    let mut report = serde_json::json!({ "step": adapter.step, "tensors": adapter.tensors.len() });
-    if let Some(path) = &args.adapter {
+    let mut report = serde_json::json!({});
+    if let Some(a) = &adapter {
+        report = serde_json::json!({ "step": a.step, "tensors": a.tensors.len() });
+    }
+    let say = |line: String| {
+        if !args.json {
+            println!("{line}");
+        }
+    };
+    let adapter = adapter.as_ref();
+    if let (Some(path), Some(adapter)) = (&args.adapter, adapter) {
         adapter.save(path)?;
         report["adapter"] = serde_json::json!(path);
-        if !args.json {
-            println!("wrote {} (step {}, {} tensors)", path.display(), adapter.step, adapter.tensors.len());
-        }
+        say(format!("wrote {} (step {}, {} tensors)", path.display(), adapter.step, adapter.tensors.len()));
     }
-    if let Some(out) = &args.merged {
-        let base = base.as_ref().expect("loaded for --merged");
-        let merged = merge(base, &adapter, out)?;
+    let base = base.as_ref();
+    if let (Some(out), Some(base), Some(adapter)) = (&args.merged, base, adapter) {
+        let merged = merge(base, adapter, out)?;
         report["merged"] = serde_json::to_value(&merged)?;
         if !args.json {
             print_merge(&merged);
         }
     }
+    if let (Some(out), Some(base), Some(adapter)) = (&args.hf, base, adapter) {
+        let r = crate::adapter::write_hf(base, adapter, out)?;
+        say(format!("wrote {} (Hugging Face checkpoint, {} tensors{})", out.display(), r.tensors, untied_note(&r)));
+        report["hf"] = serde_json::to_value(&r)?;
+    }
+    if let (Some(out), Some(base), Some(adapter)) = (&args.gguf, base, adapter) {
+        let r = crate::adapter::write_gguf(base, adapter, out, args.gguf_type)?;
+        say(format!("wrote {} (GGUF, {} tensors, {:?}{})", out.display(), r.tensors, args.gguf_type, untied_note(&r)));
+        report["gguf"] = serde_json::to_value(&r)?;
+    }
+    if let Some(out) = &args.peft {
+        let r = crate::adapter::write_peft(&plan, &state, &base_path(args, &plan)?, out)?;
+        say(format!("wrote {} (PEFT LoRA adapter, {} tensors)", out.display(), r.tensors));
+        report["peft"] = serde_json::to_value(&r)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+fn untied_note(r: &crate::adapter::FormatReport) -> &'static str {
+    match r.head_untied {
+        true => "; training changed the tied output projection, so it is written apart from the embedding",
+        false => "",
+    }
 }
 
 /// The base model of `neft export --merged`: --base, else the one plan.json records.

@@ -4,8 +4,8 @@
 //!
 //! In: a JSONL path (see [`crate::data`]), an optional `tokenizer.json`, the plan.
 //! Out: a [`Dataset`] of tokenized examples and a [`Feeder`] naming each batch tensor
-//! after the graph input it fills. Text is encoded by `tokenizers::Tokenizer`'s
-//! [`Encode`] implementation (in [`crate::profile`], shared with profiling).
+//! after the graph input it fills. Text is encoded by [`crate::data::TextTokenizer`],
+//! which also decides the end-of-sequence token (shared with profiling and scoring).
 
 use crate::artifact::Plan;
 use crate::data::{data_inputs, read_jsonl, tokenize, Batch, DataInput, Encode, TokenFeed, Tokenized};
