@@ -1,6 +1,7 @@
 //! Running models: ONNX Runtime ([`ort`]) to execute, tract ([`tract`]) to infer
 //! shapes and types without executing.
 
+pub mod cuda_libs;
 pub mod neuron_stats;
 pub mod ort;
 pub mod tract;

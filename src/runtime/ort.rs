@@ -396,6 +396,7 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
             .map_err(|e| session_err(e.to_string()))?;
     }
     if let Ep::Cuda { device } = opts.ep {
+        cuda_libraries();
         let cuda = cuda_options(ort::ep::CUDA::default().with_device_id(device))
             .map_err(|why| RuntimeError::Cuda { why, hint: String::new() })?
             .build()
@@ -437,41 +438,36 @@ fn cuda_options(mut cuda: ort::ep::CUDA) -> Result<ort::ep::CUDA, String> {
     Ok(cuda)
 }
 
+/// The CUDA libraries, found and preloaded once per process (see [`super::cuda_libs`]),
+/// and the error preloading gave, if any.
+fn cuda_libraries() -> &'static (super::cuda_libs::CudaLibraries, Option<String>) {
+    static LIBS: OnceLock<(super::cuda_libs::CudaLibraries, Option<String>)> = OnceLock::new();
+    LIBS.get_or_init(|| {
+        let libs = super::cuda_libs::CudaLibraries::of_environment(loaded_library().and_then(Path::parent));
+        let failed = super::cuda_libs::preload(&libs).err();
+        (libs, failed)
+    })
+}
+
 /// Which of the files the CUDA provider needs cannot be found, and how to get them.
 fn cuda_hint() -> String {
     let lib_dir = loaded_library().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = vec![lib_dir.clone()];
-    if let Some(ld) = std::env::var_os("LD_LIBRARY_PATH") {
-        dirs.extend(std::env::split_paths(&ld));
-    }
-    dirs.extend(["/usr/lib/x86_64-linux-gnu", "/usr/local/cuda/lib64", "/usr/lib64"].map(PathBuf::from));
-    let needed = [
-        "libonnxruntime_providers_cuda.so",
-        "libonnxruntime_providers_shared.so",
-        "libcudart.so.13",
-        "libcublas.so.13",
-        "libcublasLt.so.13",
-        "libcurand.so.10",
-        "libcufft.so.12",
-        "libcudnn.so.9",
-    ];
-    let missing: Vec<&str> = needed.iter().copied().filter(|f| !dirs.iter().any(|d| d.join(f).exists())).collect();
+    let providers = ["libonnxruntime_providers_cuda.so", "libonnxruntime_providers_shared.so"];
     let mut hint = String::new();
-    if missing.is_empty() {
-        hint.push_str(
-            "All the expected CUDA libraries were found; check the driver (nvidia-smi) and the message above.",
-        );
-    } else {
+    let absent: Vec<&str> = providers.iter().copied().filter(|f| !lib_dir.join(f).exists()).collect();
+    if !absent.is_empty() {
         hint.push_str(&format!(
-            "Not found beside the ONNX Runtime library or on LD_LIBRARY_PATH: {}.",
-            missing.join(", ")
+            "Not beside the ONNX Runtime library ({}): {}. The CUDA provider comes from the onnxruntime-gpu \
+             1.31.1 wheel: point ORT_DYLIB_PATH at its libonnxruntime.so.1.31.1, with the provider files beside it.\n",
+            lib_dir.display(),
+            absent.join(", ")
         ));
     }
-    hint.push_str(
-        "\nThe CUDA provider comes from the onnxruntime-gpu 1.31.1 wheel (CUDA 13): put its libonnxruntime.so.1.31.1 \
-         and libonnxruntime_providers_*.so in one folder, point ORT_DYLIB_PATH at the first, and add the \
-         nvidia-* CUDA 13 wheels' lib folders (cuda-runtime, cublas, curand, cufft, cudnn) to LD_LIBRARY_PATH. \
-         See README.md, section GPU.",
-    );
+    let (libs, failed) = cuda_libraries();
+    if let Some(why) = failed {
+        hint.push_str(&format!("Preloading failed: {why}.\n"));
+    }
+    hint.push_str(&libs.hint());
+    hint.push_str("\nSee README.md, section GPU.");
     hint
 }
