@@ -1,24 +1,35 @@
-//! The paper's comparison on the English→Chichewa task with SmolLM2-135M: full
-//! fine-tuning of the MLP matrices against NeFT at one budget with neurons chosen by
-//! activation, gradient and cosine (the paper's rule, against the full fine-tuning
-//! run), random and reversed (the most similar units), all with the same steps, batch
-//! and data. Prints a table and writes `DIR/results.json` and `DIR/results.md`.
+//! The comparison the paper makes, run honestly on the English→Chichewa task with
+//! SmolLM2-135M: NeFT (MLP units chosen by activation, gradient, cosine, random or
+//! reversed selection, with a global or per-layer budget) against LoRA at the same
+//! parameter count and full fine-tuning of the MLP matrices, at equal steps and batch.
+//!
+//! Each method gets its own learning rate: every rate of its grid trains once (seed 0)
+//! and is scored on a validation set carved out of the training side; the best one then
+//! trains with every seed and is scored on the held-out test verses (loss per
+//! completion token, and chrF of greedy translations). The table gives mean ± half the
+//! range over seeds, with each method's step time and peak memory (through GNU time,
+//! /usr/bin/time). Writes `DIR/results.json` and
+//! `DIR/results.md`.
 //!
 //! ```text
 //! bash .ci/setup --demo && cargo build --release --bin neft
-//! cargo run --release --example experiment -- [-o DIR] [--steps 60] [--batch 8] [--budget 6%]
-//!     [--lr 1e-3] [--full-lr 1e-4] [--translate 32] [--only activation,random]
+//! cargo run --release --example experiment -- [-o DIR] [--methods lora,activation,full]
+//!     [--lrs activation=1e-3:2e-3,lora=1e-3] [--seeds 0,1] [--steps 120] [--batch 8]
+//!     [--budget 6%] [--rank 25] [--eval 256] [--translate 64] [--validation 128]
 //! ```
+//! Methods: full, lora, activation, gradient, cosine, random, reversed, and
+//! `activation-per-layer` (activation with each layer its share of the budget).
+//! cosine and reversed need the full run's model as their reference (run full first).
 //! Each run is the `neft` commands a user would type (compile, train, export), from the
-//! `neft` binary built beside this example; scores are computed on the merged models.
+//! `neft` binary built beside this example; test scores are computed on merged models.
 
 use clap::Parser;
 use neft::demo::translation::{score, Scores, Sources, Task, TaskSize};
 use neft::runtime::ort::SessionOptions;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 #[derive(Parser, Debug, Serialize)]
 struct Args {
@@ -28,36 +39,62 @@ struct Args {
     /// Where `bash .ci/setup --demo` put SmolLM2 and the verses.
     #[arg(long, default_value = ".cache")]
     cache: PathBuf,
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, value_delimiter = ',', default_value = "lora,activation,activation-per-layer,full")]
+    methods: Vec<String>,
+    /// Learning-rate grids, METHOD=LR:LR:...; methods not named keep their default grid.
+    #[arg(long, value_delimiter = ',')]
+    lrs: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    seeds: Vec<u64>,
+    #[arg(long, default_value_t = 120)]
     steps: u64,
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Share of the MLP parameters NeFT trains.
     #[arg(long, default_value = "6%")]
     budget: String,
-    /// Learning rate of the NeFT runs.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
-    /// Learning rate of full fine-tuning.
-    #[arg(long, default_value_t = 1e-4)]
-    full_lr: f32,
+    /// LoRA rank (25 on gate/up/down of SmolLM2 is 6% of the MLP parameters) and alpha.
+    #[arg(long, default_value_t = 25)]
+    rank: usize,
+    #[arg(long, default_value_t = 50.0)]
+    alpha: f32,
+    /// Held-out verses scored for the loss.
+    #[arg(long, default_value_t = 256)]
+    eval: usize,
     /// Held-out verses translated for chrF.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     translate: usize,
-    /// Run only these methods (comma-separated: full, activation, gradient, cosine, random, reversed).
-    #[arg(long, value_delimiter = ',')]
-    only: Vec<String>,
+    /// Training verses set aside to choose learning rates on.
+    #[arg(long, default_value_t = 128)]
+    validation: usize,
+}
+
+/// The rates tried when `--lrs` names none for a method.
+fn default_grid(method: &str) -> Vec<f32> {
+    match method {
+        "full" => vec![5e-5, 1e-4],
+        _ => vec![2e-3, 4e-3],
+    }
+}
+
+#[derive(Serialize, Clone)]
+struct Run {
+    lr: f32,
+    seed: u64,
+    validation_loss: Option<f64>,
+    step_seconds: f64,
+    /// Peak resident memory of `neft train` (GNU time's %M).
+    peak_rss_mb: f64,
+    test: Option<Scores>,
 }
 
 #[derive(Serialize)]
-struct Row {
+struct MethodResult {
     method: String,
     trainable_params: u64,
-    train_seconds: f64,
-    scores: Scores,
+    chosen_lr: f32,
+    runs: Vec<Run>,
 }
-
-const METHODS: [&str; 6] = ["full", "activation", "gradient", "cosine", "random", "reversed"];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -70,76 +107,211 @@ fn main() -> anyhow::Result<()> {
         let gguf = args.cache.join(neft::demo::GGUF_FILE);
         run(&neft, &["build-model", "llama", "--gguf", &s(&gguf), "-o", &s(&model_dir)])?;
     }
-    let size = TaskSize { translate: args.translate, ..TaskSize::default() };
+    let size = TaskSize {
+        eval: args.eval,
+        translate: args.translate,
+        validation: args.validation,
+        test_per_mille: 40,
+        ..TaskSize::default()
+    };
     let task = Task::prepare(&Sources::in_cache(&args.cache)?, &size, &args.out.join("data"))?;
     let tokenizer = neft::profile::load_tokenizer(&tokenizer_path)?;
     let opts = SessionOptions::default();
+    let grids = grids(&args)?;
 
     let base = score(&model, &tokenizer, &task, &opts)?;
-    println!("base: loss {:.3}, chrF {:.1}", base.loss, base.chrf);
-    let mut rows =
-        vec![Row { method: "base (no training)".into(), trainable_params: 0, train_seconds: 0.0, scores: base }];
-    let wanted = |m: &str| args.only.is_empty() || args.only.iter().any(|o| o == m);
-    for method in METHODS.into_iter().filter(|m| wanted(m)) {
-        let dir = args.out.join(method);
-        let started = Instant::now();
-        let mut compile = vec!["compile".to_string(), s(&model), "-o".into(), s(&dir.join("artifacts"))];
-        compile.extend(selection(method, &args, &task, &tokenizer_path)?);
-        let _ = std::fs::remove_dir_all(&dir);
-        run(&neft, &compile.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let artifacts = dir.join("artifacts");
-        let train = task.train_args(&artifacts, &tokenizer_path, args.steps, args.batch, 3);
-        run(&neft, &train.iter().map(String::as_str).collect::<Vec<_>>())?;
-        let train_seconds = started.elapsed().as_secs_f64();
-        let merged = dir.join("merged.onnx");
-        run(&neft, &["export", &s(&artifacts), "--merged", &s(&merged)])?;
-        let plan = neft::artifact::Plan::load(&artifacts.join("plan.json"))?;
-        let scores = score(&merged, &tokenizer, &task, &opts)?;
-        println!("{method}: loss {:.3}, chrF {:.1}", scores.loss, scores.chrf);
-        rows.push(Row { method: method.into(), trainable_params: plan.counts.trainable_params, train_seconds, scores });
+    println!("base: test loss {:.3}, chrF {:.1}", base.loss, base.chrf);
+    let mut results = vec![];
+    for method in &args.methods {
+        let mut runs = vec![];
+        let mut params = 0;
+        for &lr in &grids[method] {
+            let (r, p) = train(&neft, &args, &task, &tokenizer_path, &model, method, lr, args.seeds[0], true)?;
+            println!("{method} lr {lr:e}: validation loss {:.4}", r.validation_loss.unwrap_or(f64::NAN));
+            params = p;
+            runs.push(r);
+        }
+        let best = runs
+            .iter()
+            .min_by(|a, b| {
+                a.validation_loss.unwrap_or(f64::INFINITY).total_cmp(&b.validation_loss.unwrap_or(f64::INFINITY))
+            })
+            .map(|r| r.lr)
+            .expect("a grid has rates");
+        for &seed in &args.seeds {
+            let dir = run_dir(&args, method, best, seed);
+            if seed != args.seeds[0] {
+                let (r, _) = train(&neft, &args, &task, &tokenizer_path, &model, method, best, seed, false)?;
+                runs.push(r);
+            }
+            let merged = dir.join("merged.onnx");
+            run(&neft, &["export", &s(&dir.join("artifacts")), "--merged", &s(&merged)])?;
+            let scores = score(&merged, &tokenizer, &task, &opts)?;
+            println!("{method} lr {best:e} seed {seed}: test loss {:.3}, chrF {:.1}", scores.loss, scores.chrf);
+            let r = runs.iter_mut().find(|r| r.lr == best && r.seed == seed).expect("trained above");
+            r.test = Some(scores);
+            std::fs::remove_file(&merged).ok();
+            std::fs::remove_file(dir.join("merged.onnx.data")).ok();
+        }
+        results.push(MethodResult { method: method.clone(), trainable_params: params, chosen_lr: best, runs });
+        write_results(&args, &base, &results)?;
     }
-    let table = markdown(&rows);
-    println!("\n{table}");
-    let json = serde_json::json!({ "settings": args, "rows": rows });
-    neft::fsutil::write_bytes_atomic(&args.out.join("results.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-    neft::fsutil::write_bytes_atomic(&args.out.join("results.md"), table.as_bytes())?;
+    println!("\n{}", markdown(&base, &results));
     Ok(())
 }
 
+/// The grid of every method, `--lrs` over the defaults.
+fn grids(args: &Args) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+    let mut grids: BTreeMap<String, Vec<f32>> = args.methods.iter().map(|m| (m.clone(), default_grid(m))).collect();
+    for entry in &args.lrs {
+        let (method, rates) =
+            entry.split_once('=').ok_or_else(|| anyhow::anyhow!("--lrs {entry}: write METHOD=LR:LR"))?;
+        let rates: Vec<f32> = rates.split(':').map(str::parse).collect::<Result<_, _>>()?;
+        anyhow::ensure!(!rates.is_empty(), "--lrs {entry}: no rates");
+        grids.insert(method.to_string(), rates);
+    }
+    anyhow::ensure!(!args.seeds.is_empty(), "--seeds: give at least one");
+    Ok(grids)
+}
+
+fn run_dir(args: &Args, method: &str, lr: f32, seed: u64) -> PathBuf {
+    args.out.join(format!("{method}-lr{lr:e}-seed{seed}"))
+}
+
+/// Compiles and trains one run; `validate`: score the validation set at the end.
+/// Returns the run and its trainable parameter count.
+#[allow(clippy::too_many_arguments)]
+fn train(
+    neft: &Path,
+    args: &Args,
+    task: &Task,
+    tokenizer: &Path,
+    model: &Path,
+    method: &str,
+    lr: f32,
+    seed: u64,
+    validate: bool,
+) -> anyhow::Result<(Run, u64)> {
+    let dir = run_dir(args, method, lr, seed);
+    let artifacts = dir.join("artifacts");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut compile = vec!["compile".to_string(), s(model), "-o".into(), s(&artifacts), "--lr".into(), lr.to_string()];
+    compile.extend(selection(method, args, task, tokenizer, seed)?);
+    run(neft, &compile.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let (steps, batch, seed_s) = (args.steps.to_string(), args.batch.to_string(), seed.to_string());
+    let mut train = vec![
+        "train",
+        artifacts.to_str().unwrap(),
+        "--data",
+        task.train.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--steps",
+        &steps,
+        "--batch",
+        &batch,
+        "--seq-len",
+        "256",
+        "--seed",
+        &seed_s,
+        "--checkpoint-every",
+        &steps,
+        "--json",
+    ];
+    if validate {
+        train.extend(["--eval", task.validation.to_str().unwrap()]);
+    }
+    println!("$ neft {}", train.join(" "));
+    let rss_file = dir.join("train.maxrss");
+    let out =
+        Command::new("/usr/bin/time").arg("-f").arg("%M").arg("-o").arg(&rss_file).arg(neft).args(&train).output()?;
+    anyhow::ensure!(out.status.success(), "neft train failed: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let plan = neft::artifact::Plan::load(&artifacts.join("plan.json"))?;
+    let seconds = summary["seconds"].as_f64().unwrap_or(f64::NAN);
+    let run = Run {
+        lr,
+        seed,
+        validation_loss: summary["eval_loss"].as_f64(),
+        step_seconds: seconds / args.steps as f64,
+        peak_rss_mb: std::fs::read_to_string(&rss_file)?.trim().parse::<f64>()? / 1024.0,
+        test: None,
+    };
+    Ok((run, plan.counts.trainable_params))
+}
+
 /// The compile options that choose each method's trainable weights.
-fn selection(method: &str, a: &Args, task: &Task, tokenizer: &Path) -> anyhow::Result<Vec<String>> {
+fn selection(method: &str, a: &Args, task: &Task, tokenizer: &Path, seed: u64) -> anyhow::Result<Vec<String>> {
     let mut v = task.compile_args(tokenizer);
-    let reference = || s(&a.out.join("full/merged.onnx"));
-    let neft_run = |strategy: &str| {
-        ["--budget", &a.budget, "--strategy", strategy, "--lr", &a.lr.to_string()].map(String::from).to_vec()
+    let full = a.out.join(format!("full-lr{:e}-seed{}", default_grid("full")[0], a.seeds[0])).join("artifacts");
+    let neft_run = |strategy: &str| ["--budget", &a.budget, "--strategy", strategy].map(String::from).to_vec();
+    let reference = || -> anyhow::Result<Vec<String>> {
+        let merged = a.out.join("full-reference.onnx");
+        if !merged.is_file() {
+            anyhow::ensure!(full.is_dir(), "{method} needs a full fine-tuning run first (its model is the reference)");
+            run(&neft_binary()?, &["export", &s(&full), "--merged", &s(&merged)])?;
+        }
+        Ok(vec!["--reference".into(), s(&merged)])
     };
     v.extend(match method {
-        "full" => ["--mode", "full", "--budget", "100%", "--lr", &a.full_lr.to_string()].map(String::from).to_vec(),
-        "activation" | "gradient" | "random" => neft_run(method),
-        "cosine" => [neft_run("cosine"), vec!["--reference".into(), reference()]].concat(),
-        "reversed" => {
-            [neft_run("reversed"), vec!["--reversed-of".into(), "cosine".into(), "--reference".into(), reference()]]
-                .concat()
+        "full" => ["--mode", "full", "--budget", "100%"].map(String::from).to_vec(),
+        "lora" => {
+            let (r, alpha) = (a.rank.to_string(), a.alpha.to_string());
+            ["--mode", "lora", "--rank", &r, "--alpha", &alpha, "--seed", &seed.to_string()].map(String::from).to_vec()
         }
+        "activation" | "gradient" | "random" => neft_run(method),
+        "activation-per-layer" => [neft_run("activation"), vec!["--scope".into(), "per-layer".into()]].concat(),
+        "cosine" => [neft_run("cosine"), reference()?].concat(),
+        "reversed" => [neft_run("reversed"), vec!["--reversed-of".into(), "cosine".into()], reference()?].concat(),
         other => anyhow::bail!("unknown method {other}"),
     });
-    if matches!(method, "cosine" | "reversed") && !a.out.join("full/merged.onnx").is_file() {
-        anyhow::bail!("{method} needs the full fine-tuning run first (its merged model is the reference)");
-    }
     Ok(v)
 }
 
-fn markdown(rows: &[Row]) -> String {
+/// Mean and half the range of `xs`.
+fn spread(xs: &[f64]) -> (f64, f64) {
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    (mean, (hi - lo) / 2.0)
+}
+
+fn markdown(base: &Scores, results: &[MethodResult]) -> String {
     let mut t = String::from(
-        "| method | trainable params | eval loss | perplexity | chrF | train time (s) |\n|---|---:|---:|---:|---:|---:|\n",
+        "| method | trainable params | lr (validation loss of each rate) | test loss | chrF | s/step | peak RSS (MB) |\n\
+         |---|---:|---|---:|---:|---:|---:|\n",
     );
-    for r in rows {
+    t += &format!("| base (no training) | 0 | – | {:.3} | {:.1} | – | – |\n", base.loss, base.chrf);
+    for m in results {
+        let grid: Vec<String> = m
+            .runs
+            .iter()
+            .filter(|r| r.validation_loss.is_some())
+            .map(|r| {
+                let mark = if r.lr == m.chosen_lr { "**" } else { "" };
+                format!("{mark}{:e}{mark}: {:.3}", r.lr, r.validation_loss.unwrap_or(f64::NAN))
+            })
+            .collect();
+        let tested: Vec<&Run> = m.runs.iter().filter(|r| r.test.is_some()).collect();
+        let losses: Vec<f64> = tested.iter().map(|r| r.test.as_ref().unwrap().loss).collect();
+        let chrfs: Vec<f64> = tested.iter().map(|r| r.test.as_ref().unwrap().chrf).collect();
+        let steps: Vec<f64> = m.runs.iter().map(|r| r.step_seconds).collect();
+        let rss: Vec<f64> = m.runs.iter().map(|r| r.peak_rss_mb).collect();
+        let ((l, dl), (c, dc), (st, _), (mb, _)) = (spread(&losses), spread(&chrfs), spread(&steps), spread(&rss));
         t += &format!(
-            "| {} | {} | {:.3} | {:.1} | {:.1} | {:.0} |\n",
-            r.method, r.trainable_params, r.scores.loss, r.scores.perplexity, r.scores.chrf, r.train_seconds
+            "| {} | {} | {} | {l:.3} ± {dl:.3} | {c:.1} ± {dc:.1} | {st:.2} | {mb:.0} |\n",
+            m.method,
+            m.trainable_params,
+            grid.join(", ")
         );
     }
     t
+}
+
+fn write_results(args: &Args, base: &Scores, results: &[MethodResult]) -> anyhow::Result<()> {
+    let json = serde_json::json!({ "settings": args, "base": base, "methods": results });
+    neft::fsutil::write_bytes_atomic(&args.out.join("results.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    neft::fsutil::write_bytes_atomic(&args.out.join("results.md"), markdown(base, results).as_bytes())?;
+    Ok(())
 }
 
 fn neft_binary() -> anyhow::Result<PathBuf> {

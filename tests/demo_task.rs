@@ -109,7 +109,7 @@ fn lines(p: &Path) -> Vec<String> {
 fn the_task_split_is_deterministic_disjoint_and_keeps_short_verses() {
     let dir = tempfile::tempdir().unwrap();
     let src = write_bible(dir.path());
-    let size = TaskSize { max_words: 6, calibration: 10, eval: 8, translate: 4, test_per_mille: 100 };
+    let size = TaskSize { max_words: 6, calibration: 10, eval: 8, translate: 4, test_per_mille: 100, validation: 0 };
     let a = Task::prepare(&src, &size, &dir.path().join("a")).unwrap();
     let b = Task::prepare(&src, &size, &dir.path().join("b")).unwrap();
     assert_eq!(a.all_pairs, 330);
@@ -129,6 +129,14 @@ fn the_task_split_is_deterministic_disjoint_and_keeps_short_verses() {
     assert!(first["prompt"].as_str().unwrap().ends_with("\nChichewa:"));
     assert!(first["completion"].as_str().unwrap().starts_with(" vesi "));
     assert_eq!(a.translate.len(), 4);
+    assert!(lines(&a.validation).is_empty(), "no validation set unless asked");
+
+    // A validation set comes out of the training side: disjoint from training and test.
+    let c = Task::prepare(&src, &TaskSize { validation: 20, ..size }, &dir.path().join("c")).unwrap();
+    let (val, train_c) = (lines(&c.validation), lines(&c.train));
+    assert_eq!(val.len(), 20);
+    assert_eq!(train_c.len() + 20, train.len(), "validation verses leave the training file");
+    assert!(val.iter().all(|l| train.contains(l) && !train_c.contains(l) && !eval.contains(l)));
 }
 
 #[test]

@@ -69,7 +69,8 @@ enum Command {
     /// Train compiled artifacts on JSONL data through ONNX Runtime (CPU or CUDA), with
     /// checkpoints, metrics.jsonl and a loss plot in the artifact folder.
     Train(neft::train::cli::TrainArgs),
-    /// Write the trained rows as an adapter, or the base model with them merged in.
+    /// Write the trained rows as an adapter, or the base model with them merged in: as
+    /// ONNX, a Hugging Face checkpoint, a GGUF for llama.cpp, or (LoRA) a PEFT adapter.
     Export(neft::train::cli::ExportArgs),
     /// Merge an adapter into the base model it was trained from.
     Merge(neft::train::cli::MergeArgs),

@@ -44,11 +44,14 @@ pub struct TaskSize {
     pub translate: usize,
     /// Per mille of all verses held out (by a hash of the citation).
     pub test_per_mille: u64,
+    /// Training verses set aside (evenly spread) as a validation set for choosing
+    /// learning rates; 0 for none.
+    pub validation: usize,
 }
 
 impl Default for TaskSize {
     fn default() -> Self {
-        TaskSize { max_words: 16, calibration: 64, eval: 64, translate: 16, test_per_mille: 10 }
+        TaskSize { max_words: 16, calibration: 64, eval: 64, translate: 16, test_per_mille: 10, validation: 0 }
     }
 }
 
@@ -57,6 +60,9 @@ pub struct Task {
     pub train: PathBuf,
     pub calibration: PathBuf,
     pub eval: PathBuf,
+    /// `validation.jsonl`, verses of the training side not trained on (empty with
+    /// `TaskSize::validation` 0).
+    pub validation: PathBuf,
     pub train_count: usize,
     pub eval_examples: Vec<Example>,
     pub translate: Vec<Pair>,
@@ -70,6 +76,16 @@ impl Task {
         let short = |p: &&Pair| p.en.split_whitespace().count() <= size.max_words;
         let (test, train): (Vec<&Pair>, Vec<&Pair>) =
             pairs.iter().filter(short).partition(|p| bible::is_test(p, size.test_per_mille));
+        let every = match size.validation {
+            0 => usize::MAX,
+            n => (train.len() / n).max(2),
+        };
+        let (validation, train): (Vec<(usize, &Pair)>, Vec<(usize, &Pair)>) =
+            train.into_iter().enumerate().partition(|(i, _)| i % every == every - 1);
+        let (validation, train): (Vec<&Pair>, Vec<&Pair>) = (
+            validation.into_iter().map(|x| x.1).take(size.validation).collect(),
+            train.into_iter().map(|x| x.1).collect(),
+        );
         anyhow::ensure!(
             test.len() >= size.eval.max(size.translate) && !train.is_empty(),
             "only {} held-out and {} training verses have at most {} English words",
@@ -82,6 +98,7 @@ impl Task {
             train: dir.join("train.jsonl"),
             calibration: dir.join("calibration.jsonl"),
             eval: dir.join("eval.jsonl"),
+            validation: dir.join("validation.jsonl"),
             train_count: train.len(),
             eval_examples: test[..size.eval].iter().map(|p| example(p)).collect(),
             translate: test[..size.translate].iter().map(|&p| p.clone()).collect(),
@@ -93,6 +110,7 @@ impl Task {
         let calibration: Vec<&Pair> = train.iter().step_by(stride).take(size.calibration).copied().collect();
         bible::write_jsonl(&calibration, &task.calibration)?;
         bible::write_jsonl(&test[..size.eval], &task.eval)?;
+        bible::write_jsonl(&validation, &task.validation)?;
         Ok(task)
     }
 }
