@@ -115,31 +115,7 @@ fn one_step_matches_pytorch(name: &str) -> f64 {
         .map(|w| floats(&w["grad"]["data"]).iter().fold(0f32, |m, g| m.max(g.abs())))
         .fold(f32::INFINITY, f32::min);
     let lr = 1e-2 / smallest;
-    let lr_arg = lr.to_string();
-    let out = neft_ok(
-        &[
-            "train",
-            "art",
-            "--data",
-            "ref.jsonl",
-            "--steps",
-            "1",
-            "--batch",
-            &rows,
-            "--threads",
-            "1",
-            "--lr",
-            &lr_arg,
-            "--json",
-        ],
-        dir,
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let loss = summary["first_loss"].as_f64().unwrap();
-    let want_loss = r["loss"].as_f64().unwrap();
-    // 2e-6: tight enough to see padding the attention mask failed to hide (BERT: 1e-5).
-    assert!((loss - want_loss).abs() < 2e-6 * want_loss, "{name}: loss {loss}, PyTorch {want_loss}");
-    let after = load_state(&art.join("checkpoint.safetensors"));
+    let after = sgd_step(dir, name, &r, &rows, lr);
 
     let mut worst = 0f64;
     for w in r["weights"].as_array().unwrap() {
@@ -200,6 +176,36 @@ fn one_step_matches_pytorch(name: &str) -> f64 {
     worst
 }
 
+/// `neft train art` for one SGD step at `lr` on the reference batch (`ref.jsonl` in `dir`,
+/// all `rows` in one batch); checks the loss against PyTorch's and returns the checkpoint.
+fn sgd_step(dir: &Path, name: &str, r: &Value, rows: &str, lr: f32) -> State {
+    let lr_arg = lr.to_string();
+    let out = neft_ok(
+        &[
+            "train",
+            "art",
+            "--data",
+            "ref.jsonl",
+            "--steps",
+            "1",
+            "--batch",
+            rows,
+            "--threads",
+            "1",
+            "--lr",
+            &lr_arg,
+            "--json",
+        ],
+        dir,
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let loss = summary["first_loss"].as_f64().unwrap();
+    let want_loss = r["loss"].as_f64().unwrap();
+    // 2e-6: tight enough to see padding the attention mask failed to hide (BERT: 1e-5).
+    assert!((loss - want_loss).abs() < 2e-6 * want_loss, "{name}: loss {loss}, PyTorch {want_loss}");
+    load_state(&dir.join("art/checkpoint.safetensors"))
+}
+
 /// Eight steps from the command line lower the loss.
 fn eight_steps_lower_the_loss(dir: &Path, art: &str) {
     let out = neft_ok(
@@ -239,6 +245,14 @@ fn gpt2_one_sgd_step_equals_pytorch_through_fused_qkv_gemms() {
 }
 
 #[test]
+fn phi_one_sgd_step_equals_pytorch_through_partial_rotary_and_parallel_blocks() {
+    // Half of each head's dims rotate; attention and the fc1-GELU-fc2 MLP read one
+    // LayerNorm and add to the residual together; every linear layer, the head too, has a bias.
+    let err = one_step_matches_pytorch("phi");
+    eprintln!("phi: largest relative error vs PyTorch {err:e}");
+}
+
+#[test]
 fn bert_classifier_one_sgd_step_equals_pytorch_with_its_padding_masked() {
     // Bidirectional attention: padding that attention_mask did not hide would change
     // every row's loss.
@@ -256,17 +270,17 @@ fn a_graph_with_its_own_loss_trains_on_jsonl_labels_like_pytorch() {
 
 #[test]
 fn every_export_trains_eight_steps_from_a_neurons_file() {
-    for name in ["llama", "qwen2", "gpt2", "bert", "llama_loss"] {
+    for name in ["llama", "qwen2", "gpt2", "phi", "bert", "llama_loss"] {
         compile_and_train(name);
     }
 }
 
 /// `neft compile --data` (activation selection over the MLP layers the structure
-/// analysis finds: gated for Llama and Qwen2, GPT-2's Conv1D Gemms, BERT's GELU MLP),
+/// analysis finds: gated for Llama and Qwen2, GPT-2's Conv1D Gemms, Phi's and BERT's GELU MLPs),
 /// per neuron and per MLP unit, then eight steps of AdamW.
 #[test]
 fn every_export_compiles_with_activation_selection_from_data_and_trains() {
-    for name in ["llama", "qwen2", "gpt2", "bert"] {
+    for name in ["llama", "qwen2", "gpt2", "phi", "bert"] {
         let r = reference(name);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
@@ -300,11 +314,128 @@ fn every_export_compiles_with_activation_selection_from_data_and_trains() {
     }
 }
 
+/// `--unit mlp-unit` on ungated MLPs, GPT-2's (Conv1D `Gemm`s: c_fc, GELU, c_proj) and
+/// Phi's (`MatMul`s: fc1, GELU, fc2): selected from data, every unit trains the up
+/// projection's column, its bias element and the down projection's input row (axis 0)
+/// with the same index, and the down projection's output neurons are not trained.
+#[test]
+fn mlp_units_of_plain_mlps_couple_the_down_projection_input_rows() {
+    for name in ["gpt2", "phi"] {
+        let r = reference(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+        let model = repo(&format!("models/fixtures/optimum_{name}.onnx"));
+        let m = model.to_str().unwrap();
+        neft_ok(&["compile", m, "-o", "mu", "--data", "ref.jsonl", "--unit", "mlp-unit", "--budget", "10%"], dir);
+        let plan: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("mu/plan.json")).unwrap()).unwrap();
+        let params = plan["params"].as_array().unwrap();
+        let with_role = |role: &str| params.iter().find(|p| p["role"] == role);
+        let rows = |p: &Value| p["rows"].clone();
+        let mut units = 0;
+        for up in params.iter().filter(|p| p["role"].as_str().unwrap().ends_with("/ mlp.up")) {
+            let block = up["role"].as_str().unwrap().trim_end_matches("mlp.up");
+            let down = with_role(&format!("{block}mlp.down")).unwrap_or_else(|| panic!("{name}: {block}: no mlp.down"));
+            let bias =
+                with_role(&format!("{block}mlp.up (bias)")).unwrap_or_else(|| panic!("{name}: {block}: no bias"));
+            assert_eq!((up["axis"].as_u64(), down["axis"].as_u64()), (Some(1), Some(0)), "{name}: {block}");
+            assert_eq!(rows(down), rows(up), "{name}: {block}: down rows are not the up columns");
+            assert_eq!(rows(bias), rows(up), "{name}: {block}");
+            // [k, hidden]: whole input rows of the down projection.
+            let k = up["rows"].as_array().unwrap().len() as u64;
+            assert_eq!(down["shape"], serde_json::json!([k, 32]), "{name}: {block}");
+            units += k;
+        }
+        assert!(units > 0, "{name}: no MLP unit was selected");
+        let downs = params.iter().filter(|p| p["role"].as_str().unwrap().contains("mlp.down"));
+        assert!(downs.clone().all(|p| p["axis"] == 0), "{name}: a down projection trains its own neurons");
+        // `neft inspect` on the artifacts lists the same tensors.
+        let out = neft_ok(&["inspect", "mu", "--json"], dir);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let layers = report["layers"].as_array().unwrap();
+        let listed: Vec<(&str, u64, u64)> = layers
+            .iter()
+            .filter(|l| l["role"].as_str().unwrap().ends_with("mlp.down"))
+            .map(|l| (l["weight"].as_str().unwrap(), l["axis"].as_u64().unwrap(), l["selected"].as_u64().unwrap()))
+            .collect();
+        let want: Vec<(&str, u64, u64)> =
+            downs.map(|p| (p["source"].as_str().unwrap(), 0, p["rows"].as_array().unwrap().len() as u64)).collect();
+        assert_eq!(listed, want, "{name}");
+    }
+}
+
+/// An MLP unit of Phi's block 1 from a neurons file naming fc1 columns: one SGD step moves
+/// fc1's columns, their bias elements and fc2's input rows by -lr x PyTorch's gradient
+/// (the reference holds fc2's gradient for all 64 input rows of 4 of its columns).
+#[test]
+fn phi_mlp_unit_step_moves_fc2_input_rows_like_pytorch() {
+    let r = reference("phi");
+    let weight = |torch: &str| {
+        r["weights"].as_array().unwrap().iter().find(|w| w["torch"] == torch).unwrap_or_else(|| panic!("{torch}"))
+    };
+    let usizes = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect::<Vec<_>>();
+    let (fc1, fc2) = (weight("model.layers.1.mlp.fc1.weight"), weight("model.layers.1.mlp.fc2.weight"));
+    assert_eq!((fc1["axis"].as_u64(), fc2["axis"].as_u64()), (Some(1), Some(1)));
+    let (units, columns) = (usizes(&fc1["rows"]), usizes(&fc2["rows"]));
+    let (fc1_name, fc2_name) = (fc1["onnx"].as_str().unwrap(), fc2["onnx"].as_str().unwrap());
+    let bias = fc1["bias"].as_str().unwrap();
+    // fc2's reference gradient: [64 input rows, the 4 columns].
+    let fc2_grad = floats(&fc2["grad"]["data"]);
+    assert_eq!(fc2["grad"]["shape"], serde_json::json!([64, columns.len()]));
+    let n = columns.len();
+    let want_fc2: Vec<f32> = units.iter().flat_map(|&u| (0..n).map(move |j| u * n + j)).map(|i| fc2_grad[i]).collect();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_lines(&dir.join("ref.jsonl"), &jsonl(&r));
+    write_neurons(&dir.join("neurons.json"), &[(fc1_name, 1, units.clone())]);
+    let model = repo("models/fixtures/optimum_phi.onnx");
+    let args = ["compile", model.to_str().unwrap(), "-o", "art", "--neurons", "neurons.json", "--unit", "mlp-unit"];
+    neft_ok(&[&args[..], &["--optimizer", "sgd"]].concat(), dir);
+    let plan: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("art/plan.json")).unwrap()).unwrap();
+    let trained: Vec<(&str, u64, Vec<usize>)> = plan["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["source"].as_str().unwrap(), p["axis"].as_u64().unwrap(), usizes(&p["rows"])))
+        .collect();
+    assert_eq!(trained, [(fc1_name, 1, units.clone()), (bias, 0, units.clone()), (fc2_name, 0, units.clone())]);
+
+    let before = load_state(&dir.join("art/state.safetensors"));
+    let smallest = [floats(&fc1["grad"]["data"]), want_fc2.clone()]
+        .iter()
+        .map(|g| g.iter().fold(0f32, |m, x| m.max(x.abs())))
+        .fold(f32::INFINITY, f32::min);
+    let lr = 1e-2 / smallest;
+    let after = sgd_step(dir, "phi", &r, "3", lr);
+    let moved = |param: &str| -> Vec<f32> {
+        f32s(&after, param).iter().zip(f32s(&before, param)).map(|(b, a)| b - a).collect()
+    };
+    let step = |g: &[f32]| g.iter().map(|g| -lr * g).collect::<Vec<f32>>();
+    let mut worst = 0f64;
+    for (param, want) in [
+        (format!("{fc1_name}.rows"), step(&floats(&fc1["grad"]["data"]))),
+        (format!("{bias}.rows"), step(&floats(&fc1["bias_grad"]))),
+    ] {
+        let err = relative_error(&moved(&param), &want);
+        assert!(err < 1e-4, "'{param}': {err:e}");
+        worst = worst.max(err);
+    }
+    // fc2.rows is [units, 32]: its reference columns.
+    let all = moved(&format!("{fc2_name}.rows"));
+    let got: Vec<f32> =
+        (0..units.len()).flat_map(|i| columns.iter().map(|&c| all[i * 32 + c]).collect::<Vec<_>>()).collect();
+    let err = relative_error(&got, &step(&want_fc2));
+    assert!(err < 1e-4, "fc2 input rows moved {got:?}, want {:?} ({err:e})", step(&want_fc2));
+    worst = worst.max(err);
+    eprintln!("phi mlp-unit: largest relative error vs PyTorch {worst:e}");
+}
+
 /// `--strategy gradient`: the loss the artifacts will train (per token, or one class
 /// per row for BERT) scores the rows on the calibration data.
 #[test]
 fn every_export_compiles_with_gradient_selection() {
-    for name in ["llama", "qwen2", "gpt2", "bert"] {
+    for name in ["llama", "qwen2", "gpt2", "phi", "bert"] {
         let r = reference(name);
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
