@@ -347,6 +347,15 @@ fn mlp_units_of_plain_mlps_couple_the_down_projection_input_rows() {
             units += k;
         }
         assert!(units > 0, "{name}: no MLP unit was selected");
+        // Selection itself budgets whole units: the neurons file gives each down
+        // projection the up projection's rows, along its input axis.
+        let neurons: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("mu/neurons.json")).unwrap()).unwrap();
+        let by_source = |p: &Value| neurons["layers"][p["source"].as_str().unwrap()].clone();
+        for down in params.iter().filter(|p| p["role"].as_str().unwrap().ends_with("/ mlp.down")) {
+            let entry = by_source(down);
+            assert_eq!((entry["axis"].as_u64(), &entry["rows"]), (Some(0), &down["rows"]), "{name}: neurons.json");
+        }
         let downs = params.iter().filter(|p| p["role"].as_str().unwrap().contains("mlp.down"));
         assert!(downs.clone().all(|p| p["axis"] == 0), "{name}: a down projection trains its own neurons");
         // `neft inspect` on the artifacts lists the same tensors.

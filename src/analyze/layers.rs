@@ -49,6 +49,15 @@ pub struct Layer {
     pub role: String,
 }
 
+impl Layer {
+    /// Whether the layer's input units are the rows (axis 0) of its weight: a 2-D weight
+    /// stored `[in, out]` (a MatMul, or a Gemm without transB such as GPT-2's Conv1D),
+    /// so that an MLP's down projection can join its units.
+    pub fn input_units_are_rows(&self) -> bool {
+        matches!(self.kind, LayerKind::MatMul | LayerKind::Gemm) && self.shape.len() == 2 && self.axis == 1
+    }
+}
+
 /// Finds every MatMul, Gemm and Conv whose weight is a float initializer.
 pub fn find_layers(graph: &Graph) -> Vec<Layer> {
     let mut layers: Vec<Layer> = vec![];

@@ -63,9 +63,9 @@ impl NeuronSet {
                     known.join(", ")
                 )));
             };
-            // A MatMul weight [in, out] also has input units along axis 0: the down
-            // projection's share of a gated-MLP unit.
-            let input_units = layer.kind == crate::analyze::LayerKind::MatMul && sel.axis == 0;
+            // A weight stored [in, out] also has input units along axis 0: the down
+            // projection's share of an MLP unit.
+            let input_units = layer.input_units_are_rows() && sel.axis == 0;
             if sel.axis != layer.axis && !input_units {
                 return Err(err(format!(
                     "axis {} given, but the neurons of this {:?} weight {:?} lie along axis {}",

@@ -6,7 +6,7 @@
 //! In: the model's layers, its MLPs, `--targets` and `--unit`. Out: [`Group`]s in
 //! graph order.
 
-use crate::analyze::{Layer, LayerKind, MlpUnits};
+use crate::analyze::{Layer, MlpUnits};
 use crate::types::Unit;
 use std::collections::HashSet;
 
@@ -123,9 +123,10 @@ pub fn build_groups(layers: &[Layer], mlps: &[MlpUnits], targets: &Targets, unit
             if !found.iter().any(|(i, _)| targets.matches(&layers[*i])) {
                 continue;
             }
-            // Input units (rows of the down weight) split only for MatMul; a Gemm down
-            // projection (GPT-2's Conv1D) leaves its MLP's layers as separate groups.
-            if found.iter().any(|&(i, own)| !own && layers[i].kind != LayerKind::MatMul) {
+            // Input units are rows of a down weight stored [in, out] (a MatMul, or a Gemm
+            // without transB such as GPT-2's Conv1D); a down weight stored [out, in]
+            // leaves its MLP's layers as separate groups.
+            if found.iter().any(|&(i, own)| !own && !layers[i].input_units_are_rows()) {
                 continue;
             }
             let members = found.iter().map(|&(i, own)| member(layers, i, own)).collect();
@@ -143,14 +144,14 @@ pub fn build_groups(layers: &[Layer], mlps: &[MlpUnits], targets: &Targets, unit
     groups
 }
 
-/// Layer `i` as a member: its neurons (`own`), or a MatMul's input units (axis 0).
+/// Layer `i` as a member: its neurons (`own`), or its input units (rows, axis 0).
 fn member(layers: &[Layer], i: usize, own: bool) -> Member {
     let l = &layers[i];
     let elements = crate::onnx::element_count(&l.shape);
     let (axis, row_params) = if own {
         (l.axis, l.params / l.neurons.max(1) as u64)
     } else {
-        debug_assert_eq!(l.kind, LayerKind::MatMul);
+        debug_assert!(l.input_units_are_rows(), "{}: input units are not rows", l.weight);
         (0, elements / (l.shape[0].max(1) as u64))
     };
     Member { weight: l.weight.clone(), axis, layer: i, row_params }
