@@ -198,29 +198,16 @@ fn train(
     let mut compile = vec!["compile".to_string(), s(model), "-o".into(), s(&artifacts), "--lr".into(), lr.to_string()];
     compile.extend(selection(method, args, task, tokenizer, seed)?);
     run(neft, &compile.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let (steps, batch, seed_s) = (args.steps.to_string(), args.batch.to_string(), seed.to_string());
-    let mut train = vec![
-        "train",
-        artifacts.to_str().unwrap(),
-        "--data",
-        task.train.to_str().unwrap(),
-        "--tokenizer",
-        tokenizer.to_str().unwrap(),
-        "--steps",
-        &steps,
-        "--batch",
-        &batch,
-        "--seq-len",
-        "256",
-        "--seed",
-        &seed_s,
-        "--checkpoint-every",
-        &steps,
-        "--json",
-    ];
+    let mut train = task.train_args(&artifacts, tokenizer, args.steps, args.batch, 1);
+    // The test verses are never scored while choosing: validation runs score the
+    // validation set, the others nothing.
+    let at = train.iter().position(|a| a == "--eval").expect("train_args evaluates");
     if validate {
-        train.extend(["--eval", task.validation.to_str().unwrap()]);
+        train[at + 1] = s(&task.validation);
+    } else {
+        train.drain(at..at + 2);
     }
+    train.extend(["--seed".to_string(), seed.to_string(), "--json".to_string()]);
     println!("$ neft {}", train.join(" "));
     let rss_file = dir.join("train.maxrss");
     let out =
