@@ -193,7 +193,7 @@ impl GgmlType {
     pub const BF16: GgmlType = GgmlType(30);
 
     /// (name, elements per block, bytes per block), as in ggml's type traits.
-    fn traits(self) -> Option<(&'static str, u64, u64)> {
+    pub fn traits(self) -> Option<(&'static str, u64, u64)> {
         Some(match self.0 {
             0 => ("F32", 1, 4),
             1 => ("F16", 1, 2),

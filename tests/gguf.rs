@@ -440,3 +440,57 @@ fn tokenizer_follows_pre_type_and_add_bos() {
     let err = GgufTokenizer::from_gguf(&g).err().unwrap().to_string();
     assert!(err.contains("'qwen2'"), "{err}");
 }
+
+// ---------------------------------------------------------------------------
+// (6) A K-quant model end to end.
+
+#[test]
+fn a_k_quant_llama_builds_into_the_model_of_its_f32_dequantization() {
+    // A Q4_K_M-like file (Q4_K matrices, Q6_K down projections; K-quant blocks need
+    // 256-wide rows) and the same file with every tensor dequantized to F32 build into
+    // the same graph: same weights, same logits.
+    use gguf_support::{llama_gguf, LlamaShape};
+    use neft::runtime::ort::{HostTensor, Session, SessionOptions};
+    let shape = LlamaShape { hidden: 256, ffn: 512, layers: 2, heads: 4, kv_heads: 2 };
+    let ty = |name: &str| match name {
+        n if n.ends_with("ffn_down.weight") => GgmlType::Q6_K,
+        n if n.starts_with("blk.") => GgmlType::Q4_K,
+        _ => GgmlType::F32,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("kq.gguf"), llama_gguf(11, shape, &ty)).unwrap();
+    let kq = Gguf::open(dir.join("kq.gguf")).unwrap();
+    assert!(kq.tensors.iter().any(|t| t.ggml_type == GgmlType::Q6_K));
+    let dequantized: Vec<_> = kq
+        .tensors
+        .iter()
+        .map(|t| {
+            let values = kq.dequantize(t).unwrap();
+            assert!(values.iter().all(|v| v.is_finite()), "{}", t.name);
+            tensor(&t.name, &t.dims, GgmlType::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect();
+    let kvs: Vec<(&str, Value)> = kq.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    std::fs::write(dir.join("f32.gguf"), write_gguf(&kvs, &dequantized)).unwrap();
+
+    let mut logits = vec![];
+    for name in ["kq", "f32"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_neft"))
+            .args(["build-model", "llama", "--gguf"])
+            .arg(dir.join(format!("{name}.gguf")))
+            .arg("-o")
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut s = Session::from_file(&dir.join(name).join("model.onnx"), &SessionOptions::default()).unwrap();
+        let ids: Vec<i64> = (0..10).map(|k| (k * 37 % 268) as i64).collect();
+        let out = s.run(&[("input_ids", HostTensor::i64(&[1, 10], ids))]).unwrap();
+        let l: Vec<f32> =
+            out.into_iter().find(|(n, _)| n == "logits").unwrap().1.as_f32().unwrap().iter().copied().collect();
+        assert!(l.iter().all(|v| v.is_finite()) && l.iter().any(|&v| v != l[0]), "{name}: degenerate logits");
+        logits.push(l);
+    }
+    assert!(logits[0] == logits[1], "the K-quant model's logits differ from its F32 dequantization's");
+}

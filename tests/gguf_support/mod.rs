@@ -68,10 +68,29 @@ pub fn tokenizer_kvs(pre: &str, add_bos: bool) -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// A tiny Llama (hidden 32, 2 blocks, 4 heads of which 2 key/value heads, MLP 64,
-/// tied head) in F32, seeded random weights, with the tokenizer above.
+/// The dimensions of a test Llama.
+#[derive(Debug, Clone, Copy)]
+pub struct LlamaShape {
+    pub hidden: u64,
+    pub ffn: u64,
+    pub layers: u32,
+    pub heads: u64,
+    pub kv_heads: u64,
+}
+
+/// Hidden 32, 2 blocks, 4 heads of which 2 key/value heads, MLP 64.
+pub const TINY: LlamaShape = LlamaShape { hidden: 32, ffn: 64, layers: 2, heads: 4, kv_heads: 2 };
+
+/// A tiny Llama ([`TINY`], tied head) in F32, seeded random weights, with the tokenizer above.
 pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
-    let (h, f, layers, heads, kv) = (32u64, 64u64, 2, 4u64, 2u64);
+    llama_gguf(seed, TINY, &|_| GgmlType::F32)
+}
+
+/// A Llama GGUF of `shape` with the tokenizer above: norms F32, each matrix in the
+/// type `ty` gives its name (F32 values, or random K-quant blocks whose f16 scales are
+/// set small and finite).
+pub fn llama_gguf(seed: u64, shape: LlamaShape, ty: &dyn Fn(&str) -> GgmlType) -> Vec<u8> {
+    let LlamaShape { hidden: h, ffn: f, layers, heads, kv_heads: kv } = shape;
     let mut kvs = vec![
         ("general.architecture", Value::String("llama".into())),
         ("general.name", Value::String("tiny".into())),
@@ -87,34 +106,56 @@ pub fn tiny_llama_gguf(seed: u64) -> Vec<u8> {
     ];
     kvs.extend(tokenizer_kvs("smollm", false));
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut random = |n: u64, scale: f32| -> Vec<u8> {
-        (0..n)
-            .flat_map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let u = (state >> 11) as f32 / (1u64 << 53) as f32;
-                ((u - 0.5) * 2.0 * scale).to_le_bytes()
-            })
-            .collect()
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
     };
-    let f32t = GgmlType::F32;
+    let mut matrix = |name: &str, dims: [u64; 2]| -> GgufTensor {
+        let t = ty(name);
+        let n = dims[0] * dims[1];
+        let data: Vec<u8> = match t {
+            GgmlType::F32 => (0..n)
+                .flat_map(|_| {
+                    let u = (next() >> 11) as f32 / (1u64 << 53) as f32;
+                    ((u - 0.5) * 0.6).to_le_bytes()
+                })
+                .collect(),
+            _ => {
+                let (_, block, bytes) = t.traits().expect("a known type");
+                let mut data: Vec<u8> = (0..n / block * bytes).map(|_| (next() >> 24) as u8).collect();
+                let scale = half::f16::from_f32(2e-4).to_le_bytes();
+                for b in data.chunks_exact_mut(bytes as usize) {
+                    match t {
+                        GgmlType::Q4_K | GgmlType::Q5_K => {
+                            (b[0..2].copy_from_slice(&scale), b[2..4].copy_from_slice(&scale))
+                        }
+                        GgmlType::Q6_K => (b[208..210].copy_from_slice(&scale), ()),
+                        other => panic!("no scale layout for {other} here"),
+                    };
+                }
+                data
+            }
+        };
+        tensor(name, &dims, t, data)
+    };
     let v = VOCAB as u64;
-    let mut tensors = vec![tensor("token_embd.weight", &[h, v], f32t, random(h * v, 0.5))];
+    let mut tensors = vec![matrix("token_embd.weight", [h, v])];
     let hd = h / heads;
+    let ones = |n: u64| (0..n).flat_map(|i| (1.0 + 0.01 * i as f32).to_le_bytes()).collect::<Vec<u8>>();
     for l in 0..layers {
         let t = |n: &str| format!("blk.{l}.{n}");
-        let ones = |n: u64| (0..n).flat_map(|i| (1.0 + 0.01 * i as f32).to_le_bytes()).collect::<Vec<u8>>();
-        tensors.push(tensor(&t("attn_norm.weight"), &[h], f32t, ones(h)));
-        tensors.push(tensor(&t("attn_q.weight"), &[h, h], f32t, random(h * h, 0.3)));
-        tensors.push(tensor(&t("attn_k.weight"), &[h, kv * hd], f32t, random(h * kv * hd, 0.3)));
-        tensors.push(tensor(&t("attn_v.weight"), &[h, kv * hd], f32t, random(h * kv * hd, 0.3)));
-        tensors.push(tensor(&t("attn_output.weight"), &[h, h], f32t, random(h * h, 0.3)));
-        tensors.push(tensor(&t("ffn_norm.weight"), &[h], f32t, ones(h)));
-        tensors.push(tensor(&t("ffn_gate.weight"), &[h, f], f32t, random(h * f, 0.3)));
-        tensors.push(tensor(&t("ffn_up.weight"), &[h, f], f32t, random(h * f, 0.3)));
-        tensors.push(tensor(&t("ffn_down.weight"), &[f, h], f32t, random(f * h, 0.3)));
+        tensors.push(tensor(&t("attn_norm.weight"), &[h], GgmlType::F32, ones(h)));
+        tensors.push(matrix(&t("attn_q.weight"), [h, h]));
+        tensors.push(matrix(&t("attn_k.weight"), [h, kv * hd]));
+        tensors.push(matrix(&t("attn_v.weight"), [h, kv * hd]));
+        tensors.push(matrix(&t("attn_output.weight"), [h, h]));
+        tensors.push(tensor(&t("ffn_norm.weight"), &[h], GgmlType::F32, ones(h)));
+        tensors.push(matrix(&t("ffn_gate.weight"), [h, f]));
+        tensors.push(matrix(&t("ffn_up.weight"), [h, f]));
+        tensors.push(matrix(&t("ffn_down.weight"), [f, h]));
     }
-    tensors.push(tensor("output_norm.weight", &[h], f32t, (0..h).flat_map(|_| 1f32.to_le_bytes()).collect()));
+    tensors.push(tensor("output_norm.weight", &[h], GgmlType::F32, (0..h).flat_map(|_| 1f32.to_le_bytes()).collect()));
     gguf_bytes(&kvs, &tensors)
 }
