@@ -138,6 +138,10 @@ fn main() -> anyhow::Result<()> {
             })
             .map(|r| r.lr)
             .expect("a grid has rates");
+        if method == "full" {
+            let artifacts = run_dir(&args, method, best, args.seeds[0]).join("artifacts");
+            run(&neft, &["export", &s(&artifacts), "--merged", &s(&reference_model(&args))])?;
+        }
         for &seed in &args.seeds {
             let dir = run_dir(&args, method, best, seed);
             if seed != args.seeds[0] {
@@ -227,17 +231,19 @@ fn train(
     Ok((run, plan.counts.trainable_params))
 }
 
+/// The full fine-tuning run's merged model (at its chosen rate, first seed): the
+/// reference of the cosine and reversed selections.
+fn reference_model(a: &Args) -> PathBuf {
+    a.out.join("full-reference.onnx")
+}
+
 /// The compile options that choose each method's trainable weights.
 fn selection(method: &str, a: &Args, task: &Task, tokenizer: &Path, seed: u64) -> anyhow::Result<Vec<String>> {
     let mut v = task.compile_args(tokenizer);
-    let full = a.out.join(format!("full-lr{:e}-seed{}", default_grid("full")[0], a.seeds[0])).join("artifacts");
     let neft_run = |strategy: &str| ["--budget", &a.budget, "--strategy", strategy].map(String::from).to_vec();
     let reference = || -> anyhow::Result<Vec<String>> {
-        let merged = a.out.join("full-reference.onnx");
-        if !merged.is_file() {
-            anyhow::ensure!(full.is_dir(), "{method} needs a full fine-tuning run first (its model is the reference)");
-            run(&neft_binary()?, &["export", &s(&full), "--merged", &s(&merged)])?;
-        }
+        let merged = reference_model(a);
+        anyhow::ensure!(merged.is_file(), "{method} needs the full fine-tuning run first (its model is the reference)");
         Ok(vec!["--reference".into(), s(&merged)])
     };
     v.extend(match method {
