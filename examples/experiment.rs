@@ -7,8 +7,9 @@
 //! and is scored on a validation set carved out of the training side; the best one then
 //! trains with every seed and is scored on the held-out test verses (loss per
 //! completion token, and chrF of greedy translations). The table gives mean ± half the
-//! range over seeds, with each method's step time and peak memory (through GNU time,
-//! /usr/bin/time). Writes `DIR/results.json` and
+//! range over seeds, with each method's step time (training seconds of metrics.jsonl
+//! over the steps) and peak memory (through GNU time, /usr/bin/time). Finished runs are
+//! reused, so a stopped sweep resumes where it was. Writes `DIR/results.json` and
 //! `DIR/results.md`.
 //!
 //! ```text
@@ -119,7 +120,7 @@ fn main() -> anyhow::Result<()> {
     let opts = SessionOptions::default();
     let grids = grids(&args)?;
 
-    let base = score(&model, &tokenizer, &task, &opts)?;
+    let base = scored(&args.out.join("base.scores.json"), || score(&model, &tokenizer, &task, &opts))?;
     println!("base: test loss {:.3}, chrF {:.1}", base.loss, base.chrf);
     let mut results = vec![];
     for method in &args.methods {
@@ -149,8 +150,10 @@ fn main() -> anyhow::Result<()> {
                 runs.push(r);
             }
             let merged = dir.join("merged.onnx");
-            run(&neft, &["export", &s(&dir.join("artifacts")), "--merged", &s(&merged)])?;
-            let scores = score(&merged, &tokenizer, &task, &opts)?;
+            let scores = scored(&dir.join("test.scores.json"), || {
+                run(&neft, &["export", &s(&dir.join("artifacts")), "--merged", &s(&merged)])?;
+                score(&merged, &tokenizer, &task, &opts)
+            })?;
             println!("{method} lr {best:e} seed {seed}: test loss {:.3}, chrF {:.1}", scores.loss, scores.chrf);
             let r = runs.iter_mut().find(|r| r.lr == best && r.seed == seed).expect("trained above");
             r.test = Some(scores);
@@ -162,6 +165,16 @@ fn main() -> anyhow::Result<()> {
     }
     println!("\n{}", markdown(&base, &results));
     Ok(())
+}
+
+/// Scores kept in `file`, computed by `compute` the first time.
+fn scored(file: &Path, compute: impl FnOnce() -> anyhow::Result<Scores>) -> anyhow::Result<Scores> {
+    if let Ok(text) = std::fs::read_to_string(file) {
+        return Ok(serde_json::from_str(&text)?);
+    }
+    let scores = compute()?;
+    neft::fsutil::write_bytes_atomic(file, serde_json::to_string_pretty(&scores)?.as_bytes())?;
+    Ok(scores)
 }
 
 /// The grid of every method, `--lrs` over the defaults.
@@ -198,37 +211,56 @@ fn train(
 ) -> anyhow::Result<(Run, u64)> {
     let dir = run_dir(args, method, lr, seed);
     let artifacts = dir.join("artifacts");
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut compile = vec!["compile".to_string(), s(model), "-o".into(), s(&artifacts), "--lr".into(), lr.to_string()];
-    compile.extend(selection(method, args, task, tokenizer, seed)?);
-    run(neft, &compile.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let mut train = task.train_args(&artifacts, tokenizer, args.steps, args.batch, 1);
-    // The test verses are never scored while choosing: validation runs score the
-    // validation set, the others nothing.
-    let at = train.iter().position(|a| a == "--eval").expect("train_args evaluates");
-    if validate {
-        train[at + 1] = s(&task.validation);
-    } else {
-        train.drain(at..at + 2);
-    }
-    train.extend(["--seed".to_string(), seed.to_string(), "--json".to_string()]);
-    println!("$ neft {}", train.join(" "));
     let rss_file = dir.join("train.maxrss");
-    let out =
-        Command::new("/usr/bin/time").arg("-f").arg("%M").arg("-o").arg(&rss_file).arg(neft).args(&train).output()?;
-    anyhow::ensure!(out.status.success(), "neft train failed: {}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    // A finished run of the same settings is reused: the sweep can be stopped and resumed.
+    if finished(&artifacts, args.steps, validate).is_none() || !rss_file.is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut compile =
+            vec!["compile".to_string(), s(model), "-o".into(), s(&artifacts), "--lr".into(), lr.to_string()];
+        compile.extend(selection(method, args, task, tokenizer, seed)?);
+        run(neft, &compile.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let mut train = task.train_args(&artifacts, tokenizer, args.steps, args.batch, 1);
+        // The test verses are never scored while choosing: validation runs score the
+        // validation set, the others nothing.
+        let at = train.iter().position(|a| a == "--eval").expect("train_args evaluates");
+        if validate {
+            train[at + 1] = s(&task.validation);
+        } else {
+            train.drain(at..at + 2);
+        }
+        train.extend(["--seed".to_string(), seed.to_string()]);
+        println!("$ neft {}", train.join(" "));
+        let out = Command::new("/usr/bin/time")
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&rss_file)
+            .arg(neft)
+            .args(&train)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "neft train failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let last = finished(&artifacts, args.steps, validate)
+        .ok_or_else(|| anyhow::anyhow!("{}: training did not reach step {}", artifacts.display(), args.steps))?;
     let plan = neft::artifact::Plan::load(&artifacts.join("plan.json"))?;
-    let seconds = summary["seconds"].as_f64().unwrap_or(f64::NAN);
     let run = Run {
         lr,
         seed,
-        validation_loss: summary["eval_loss"].as_f64(),
-        step_seconds: seconds / args.steps as f64,
+        validation_loss: last["eval_loss"].as_f64(),
+        step_seconds: last["seconds"].as_f64().unwrap_or(f64::NAN) / args.steps as f64,
         peak_rss_mb: std::fs::read_to_string(&rss_file)?.trim().parse::<f64>()? / 1024.0,
         test: None,
     };
     Ok((run, plan.counts.trainable_params))
+}
+
+/// The last line of a run's metrics.jsonl, if the run reached `steps` (and scored the
+/// validation set there when `validate`).
+fn finished(artifacts: &Path, steps: u64, validate: bool) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(artifacts.join("metrics.jsonl")).ok()?;
+    let last: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    let done = last["step"].as_u64() == Some(steps) && (!validate || last["eval_loss"].is_f64());
+    done.then_some(last)
 }
 
 /// The full fine-tuning run's merged model (at its chosen rate, first seed): the

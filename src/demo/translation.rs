@@ -8,7 +8,7 @@ use super::evaluate::{completion_loss, Greedy};
 use crate::data::{Encode, Example};
 use crate::runtime::ort::SessionOptions;
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -157,7 +157,7 @@ fn example(p: &Pair) -> Example {
 }
 
 /// A model's scores on the held-out verses.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scores {
     /// Mean loss per completion token (nats) and its exponential.
     pub loss: f64,
@@ -169,7 +169,7 @@ pub struct Scores {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     pub citation: String,
     pub english: String,
