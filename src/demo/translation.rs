@@ -76,16 +76,13 @@ impl Task {
         let short = |p: &&Pair| p.en.split_whitespace().count() <= size.max_words;
         let (test, train): (Vec<&Pair>, Vec<&Pair>) =
             pairs.iter().filter(short).partition(|p| bible::is_test(p, size.test_per_mille));
-        let every = match size.validation {
-            0 => usize::MAX,
-            n => (train.len() / n).max(2),
-        };
+        // Every `every`-th training verse, up to `validation` of them.
+        let every = (train.len() / size.validation.max(1)).max(2);
+        let picked = |i: usize| i % every == every - 1 && i / every < size.validation;
         let (validation, train): (Vec<(usize, &Pair)>, Vec<(usize, &Pair)>) =
-            train.into_iter().enumerate().partition(|(i, _)| i % every == every - 1);
-        let (validation, train): (Vec<&Pair>, Vec<&Pair>) = (
-            validation.into_iter().map(|x| x.1).take(size.validation).collect(),
-            train.into_iter().map(|x| x.1).collect(),
-        );
+            train.into_iter().enumerate().partition(|&(i, _)| picked(i));
+        let (validation, train): (Vec<&Pair>, Vec<&Pair>) =
+            (validation.into_iter().map(|x| x.1).collect(), train.into_iter().map(|x| x.1).collect());
         anyhow::ensure!(
             test.len() >= size.eval.max(size.translate) && !train.is_empty(),
             "only {} held-out and {} training verses have at most {} English words",
