@@ -225,18 +225,15 @@ pub fn run_build_model(args: &BuildModelArgs) -> anyhow::Result<()> {
             let cfg =
                 weights.config().with_context(|| format!("{}: reading the Llama configuration", file.display()))?;
             let path = build_llama(&cfg, &mut weights, &args.out)?;
-            let tokenizer = crate::models::tokenizer::GgufTokenizer::from_gguf(&gguf)?;
             let json = crate::models::tokenizer::tokenizer_json_from_gguf(&gguf)?;
+            let tokenizer = crate::models::tokenizer::load_tokenizer_json(&json)
+                .map_err(|why| anyhow::anyhow!("{}: the tokenizer built from its metadata: {why}", file.display()))?;
+            let chat_template = gguf.get("tokenizer.chat_template").and_then(crate::models::gguf::Value::as_str);
             crate::fsutil::write_bytes_atomic(
                 &args.out.join("tokenizer.json"),
                 serde_json::to_string(&json)?.as_bytes(),
             )?;
-            crate::models::hf::write_configs(
-                &args.out,
-                &cfg,
-                Some(&tokenizer.inner),
-                tokenizer.chat_template.as_deref(),
-            )?;
+            crate::models::hf::write_configs(&args.out, &cfg, Some(&tokenizer), chat_template)?;
             crate::models::folder::BuildSource::Gguf(absolute(file)?).save(&args.out)?;
             path
         }

@@ -10,7 +10,7 @@ use super::Adapter;
 use crate::artifact::{Plan, State, StateTensor};
 use crate::models::folder::{BuildSource, ModelFolder};
 use crate::models::gguf_write::GgufFloat;
-use crate::models::hf;
+use crate::models::hf::{self, HfTensor};
 use crate::onnx::Model;
 use crate::types::LoraPart;
 use anyhow::{bail, Context};
@@ -31,19 +31,44 @@ pub struct FormatReport {
 const TOKENIZER_FILES: [&str; 4] =
     ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"];
 
-/// Writes `base` with `adapter` merged in as a Hugging Face checkpoint folder `out`:
-/// `model.safetensors` (F32, Hugging Face names and layouts), `config.json`, and the
-/// tokenizer and generation files of the base model's folder.
-pub fn write_hf(base: &Model, adapter: &Adapter, out: &Path) -> anyhow::Result<FormatReport> {
-    let folder = ModelFolder::of_model(&base.path, "--hf")?;
-    refuse_model_folder(&folder, out)?;
-    let replaced = super::merge::merged_tensors(base, adapter)?;
-    let (tensors, tied) = hf::llama_tensors(base, &folder.config, &replaced)?;
-    let count = tensors.len();
+/// The merged model under Hugging Face names and layouts: what `--hf` and `--gguf`
+/// both write, computed once.
+pub struct HfCheckpoint {
+    folder: ModelFolder,
+    tensors: Vec<HfTensor>,
+    /// Whether the output projection still equals the tied embedding.
+    tied: bool,
+}
+
+impl HfCheckpoint {
+    /// `base` (written by `neft build-model llama`) with `adapter` merged in; `what`
+    /// names the export that needs it, for the error when `base` is something else.
+    pub fn of(base: &Model, adapter: &Adapter, what: &str) -> anyhow::Result<HfCheckpoint> {
+        let folder = ModelFolder::of_model(&base.path, what)?;
+        let replaced = super::merge::merged_tensors(base, adapter)?;
+        let (tensors, tied) = hf::llama_tensors(base, &folder.config, &replaced)?;
+        Ok(HfCheckpoint { folder, tensors, tied })
+    }
+
+    fn report(&self, path: &Path, tensors: usize) -> FormatReport {
+        FormatReport {
+            path: path.to_path_buf(),
+            tensors,
+            head_untied: self.folder.config.tie_word_embeddings && !self.tied,
+        }
+    }
+}
+
+/// Writes the checkpoint as a Hugging Face checkpoint folder `out`: `model.safetensors`
+/// (F32, Hugging Face names and layouts), `config.json`, and the tokenizer and
+/// generation files of the base model's folder.
+pub fn write_hf(ckpt: &HfCheckpoint, out: &Path) -> anyhow::Result<FormatReport> {
+    let folder = &ckpt.folder;
+    refuse_model_folder(folder, out)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    hf::save_safetensors(&out.join("model.safetensors"), tensors)?;
+    hf::save_safetensors(&out.join("model.safetensors"), ckpt.tensors.clone())?;
     let mut config = folder.config.clone();
-    config.tie_word_embeddings = tied;
+    config.tie_word_embeddings = ckpt.tied;
     write_json(&out.join("config.json"), &hf::config_json(&config))?;
     for name in TOKENIZER_FILES {
         if let Some(src) = folder.file(name) {
@@ -55,23 +80,19 @@ pub fn write_hf(base: &Model, adapter: &Adapter, out: &Path) -> anyhow::Result<F
     if folder.file("generation_config.json").is_none() {
         write_json(&out.join("generation_config.json"), &hf::generation_config_json(&config))?;
     }
-    Ok(FormatReport {
-        path: out.to_path_buf(),
-        tensors: count,
-        head_untied: folder.config.tie_word_embeddings && !tied,
-    })
+    Ok(ckpt.report(out, ckpt.tensors.len()))
 }
 
-/// Writes `base` with `adapter` merged in as a GGUF file: the metadata, tokenizer and
-/// tensor names of the GGUF the base model was built from, matrices in `float`.
-pub fn write_gguf(base: &Model, adapter: &Adapter, out: &Path, float: GgufFloat) -> anyhow::Result<FormatReport> {
-    let folder = ModelFolder::of_model(&base.path, "--gguf")?;
-    let source = match &folder.source {
+/// Writes the checkpoint as a GGUF file: the metadata, tokenizer and tensor names of
+/// the GGUF the base model was built from, matrices in `float`.
+pub fn write_gguf(ckpt: &HfCheckpoint, out: &Path, float: GgufFloat) -> anyhow::Result<FormatReport> {
+    let dir = &ckpt.folder.dir;
+    let source = match &ckpt.folder.source {
         Some(BuildSource::Gguf(path)) => path,
         other => bail!(
             "{}: --gguf writes the tuned model under the metadata of the GGUF it was built from, but this model was \
              built from {}; write a Hugging Face checkpoint with --hf instead",
-            base.path.display(),
+            dir.display(),
             match other {
                 Some(BuildSource::Safetensors(dir)) => format!("the checkpoint {}", dir.display()),
                 _ => "no GGUF (its folder has no source.json)".to_string(),
@@ -79,15 +100,9 @@ pub fn write_gguf(base: &Model, adapter: &Adapter, out: &Path, float: GgufFloat)
         ),
     };
     let gguf = crate::models::gguf::Gguf::open(source)
-        .with_context(|| format!("opening the GGUF {} was built from", base.path.display()))?;
-    let replaced = super::merge::merged_tensors(base, adapter)?;
-    let (tensors, tied) = hf::llama_tensors(base, &folder.config, &replaced)?;
-    let count = crate::models::gguf_write::save_llama_gguf(out, &gguf, &tensors, float)?;
-    Ok(FormatReport {
-        path: out.to_path_buf(),
-        tensors: count,
-        head_untied: folder.config.tie_word_embeddings && !tied,
-    })
+        .with_context(|| format!("opening the GGUF {} was built from", dir.display()))?;
+    let count = crate::models::gguf_write::save_llama_gguf(out, &gguf, &ckpt.tensors, float)?;
+    Ok(ckpt.report(out, count))
 }
 
 /// Writes a LoRA state as a PEFT adapter folder `out`: `adapter_config.json` and

@@ -18,7 +18,7 @@ mod formats;
 mod lora;
 mod merge;
 
-pub use formats::{write_gguf, write_hf, write_peft, FormatReport};
+pub use formats::{write_gguf, write_hf, write_peft, FormatReport, HfCheckpoint};
 pub use merge::{merge, MergeReport};
 
 use crate::artifact::{State, StateTensor};

@@ -233,13 +233,20 @@ pub fn run_export(args: &ExportArgs) -> anyhow::Result<()> {
             print_merge(&merged);
         }
     }
-    if let (Some(out), Some(base), Some(adapter)) = (&args.hf, base, adapter) {
-        let r = crate::adapter::write_hf(base, adapter, out)?;
+    let checkpoint = match (base, adapter) {
+        (Some(base), Some(adapter)) if args.hf.is_some() || args.gguf.is_some() => {
+            let what = if args.hf.is_some() { "--hf" } else { "--gguf" };
+            Some(crate::adapter::HfCheckpoint::of(base, adapter, what)?)
+        }
+        _ => None,
+    };
+    if let (Some(out), Some(checkpoint)) = (&args.hf, &checkpoint) {
+        let r = crate::adapter::write_hf(checkpoint, out)?;
         say(format!("wrote {} (Hugging Face checkpoint, {} tensors{})", out.display(), r.tensors, untied_note(&r)));
         report["hf"] = serde_json::to_value(&r)?;
     }
-    if let (Some(out), Some(base), Some(adapter)) = (&args.gguf, base, adapter) {
-        let r = crate::adapter::write_gguf(base, adapter, out, args.gguf_type)?;
+    if let (Some(out), Some(checkpoint)) = (&args.gguf, &checkpoint) {
+        let r = crate::adapter::write_gguf(checkpoint, out, args.gguf_type)?;
         say(format!("wrote {} (GGUF, {} tensors, {:?}{})", out.display(), r.tensors, args.gguf_type, untied_note(&r)));
         report["gguf"] = serde_json::to_value(&r)?;
     }
