@@ -161,6 +161,10 @@ pub struct LossInfo {
     /// A scalar output counting the tokens (rows, for sequence classification) the loss
     /// averages over.
     pub tokens: Option<String>,
+    /// A scalar output counting the rows whose most likely class is their label (sequence
+    /// classification): the eval graph's accuracy is this over `tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correct: Option<String>,
 }
 
 /// The label value a loss does not count (Hugging Face's convention).

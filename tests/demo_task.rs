@@ -5,7 +5,7 @@
 
 mod train_support;
 
-use neft::data::{tokenize, Batch, Encode, Example};
+use neft::data::{tokenize, Batch, Encode, Example, Record};
 use neft::demo::evaluate::{completion_loss, Greedy};
 use neft::demo::translation::{Sources, Task, TaskSize};
 use neft::runtime::ort::{HostTensor, Session, SessionOptions};
@@ -38,8 +38,9 @@ fn completion_loss_equals_the_compiled_graphs_loss() {
     let ex = examples();
     let (loss, tokens) = completion_loss(&llama_path(), &Bytes, &ex, 2, 64, &SessionOptions::default()).unwrap();
 
-    let tokenized = tokenize(&ex, Some(&Bytes), 64).unwrap();
-    let batch = Batch::new(&tokenized.iter().collect::<Vec<_>>(), Bytes.pad());
+    let records: Vec<Record> = ex.iter().cloned().map(Record::from).collect();
+    let tokenized = tokenize(&records, Some(&Bytes), 64).unwrap();
+    let batch = Batch::new(&tokenized.iter().collect::<Vec<_>>(), Bytes.pad()).unwrap();
     assert_eq!(tokens, batch.tokens, "completion tokens counted (prompt masked, end-of-sequence included)");
     let mut session = neft::train::TrainSession::open(&out, &SessionOptions::default()).unwrap();
     let graph_loss = session.eval(&batch.feed()).unwrap() as f64;

@@ -253,7 +253,11 @@ fn bad_data_and_models_that_do_not_take_tokens_get_clear_errors() {
         ("", &["d.jsonl", "no tokens"]),
         ("\n\n", &["d.jsonl", "no tokens"]),
         ("{\"input_ids\":[1,2]}\n{\"input_ids\":[1,500]}\n", &["d.jsonl:2", "token id 500", "128 rows"]),
-        ("{\"input_ids\":[1,2]}\n{\"nope\":1}\n", &["d.jsonl:2", "known shape"]),
+        ("{\"input_ids\":[1,2]}\n{\"nope\":[1]}\n", &["d.jsonl:2", "field \"nope\" that feeds no input"]),
+        (
+            "{\"input_ids\":[1,2]}\n{\"nope\":\"x\"}\n",
+            &["d.jsonl:2", "\"nope\" is not a number", "expected {\"text\"}"],
+        ),
         ("{\"text\":\"hello\"}\n", &["d.jsonl:1", "tokenizer"]),
     ];
     for (text, want) in cases {

@@ -200,8 +200,8 @@ fn eval_graph(
 ) -> anyhow::Result<Graph> {
     let mut eval = graph.clone();
     let mut outputs = vec![value_info_unshaped(&loss.loss, DataType::Float)];
-    if let Some(t) = &loss.tokens {
-        outputs.push(value_info_unshaped(t, DataType::Float));
+    for count in loss.tokens.iter().chain(&loss.correct) {
+        outputs.push(value_info_unshaped(count, DataType::Float));
     }
     outputs.extend(model_outputs.iter().filter(|o| o.name() != loss.loss && !is_gradient_name(o.name())).cloned());
     eval.set_outputs(outputs)?;

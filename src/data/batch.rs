@@ -1,3 +1,4 @@
+use super::fields::{self, Fields};
 use super::Tokenized;
 use crate::runtime::ort::HostTensor;
 use crate::types::IGNORE_INDEX;
@@ -14,10 +15,14 @@ pub struct Batch {
     /// `[batch]` INT64, one class per row, when every example has one (sequence
     /// classification); `tokens` then counts the rows whose class is not -100.
     pub classes: Option<HostTensor>,
+    /// The examples' named tensors, `[batch, ...]` each (see [`fields::stack`]).
+    pub fields: Fields,
 }
 
 impl Batch {
-    pub fn new(examples: &[&Tokenized], pad: i64) -> Batch {
+    /// Fails only when the examples' named tensors do not stack (which
+    /// [`super::tokenize`] checks for a whole file).
+    pub fn new(examples: &[&Tokenized], pad: i64) -> Result<Batch, String> {
         let len = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(1).max(1);
         let mut ids = Vec::with_capacity(examples.len() * len);
         let mut labels = Vec::with_capacity(examples.len() * len);
@@ -34,14 +39,20 @@ impl Batch {
         if let Some(c) = &classes {
             tokens = c.iter().filter(|&&c| c != IGNORE_INDEX).count();
         }
+        // Lines of named tensors alone (no tokens, no class) count one each.
+        if classes.is_none() && examples.iter().all(|e| e.input_ids.is_empty()) {
+            tokens = examples.len();
+        }
         let classes = classes.map(|c| HostTensor::i64(&[c.len()], c));
-        Batch {
+        let lines: Vec<_> = examples.iter().map(|e| (&e.fields, e.input_ids.len())).collect();
+        Ok(Batch {
             input_ids: HostTensor::i64(&shape, ids),
             labels: HostTensor::i64(&shape, labels),
             tokens,
             lengths,
             classes,
-        }
+            fields: fields::stack(&lines, examples.len(), len)?,
+        })
     }
 
     /// The named inputs a causal-LM artifact takes.
@@ -71,7 +82,7 @@ impl<'a> Batcher<'a> {
     /// Jumps to where the batcher is after `steps` batches (for resuming).
     pub fn skip(&mut self, steps: usize) {
         for _ in 0..steps {
-            self.next_batch();
+            self.next_rows();
         }
     }
 
@@ -88,14 +99,21 @@ impl<'a> Batcher<'a> {
     }
 
     /// The next batch; a new epoch starts (reshuffled) when the data run out.
-    pub fn next_batch(&mut self) -> Batch {
+    pub fn next_batch(&mut self) -> Result<Batch, String> {
+        let picked = self.next_rows();
+        let examples = self.examples;
+        Batch::new(&picked.into_iter().map(|i| &examples[i]).collect::<Vec<_>>(), self.pad)
+    }
+
+    /// The indices of the next batch's examples.
+    fn next_rows(&mut self) -> Vec<usize> {
         if self.next >= self.order.len() {
             self.epoch += 1;
             self.shuffle();
         }
         let end = (self.next + self.batch).min(self.order.len());
-        let picked: Vec<&Tokenized> = self.order[self.next..end].iter().map(|&i| &self.examples[i]).collect();
+        let picked = self.order[self.next..end].to_vec();
         self.next = end;
-        Batch::new(&picked, self.pad)
+        picked
     }
 }

@@ -1,13 +1,15 @@
-//! The inputs a model declares, filled from a batch of token rows by name and element
-//! type: the one place that knows what `attention_mask`, `position_ids` and
-//! `token_type_ids` hold, shared by `neft train`, `profile`, `select`, `compile --data`
-//! and the evaluation code.
+//! The inputs a model declares, filled from a batch by name and element type: the one
+//! place that knows what `attention_mask`, `position_ids` and `token_type_ids` hold,
+//! shared by `neft train`, `profile`, `select`, `compile --data` and the evaluation
+//! code. Any other input takes the JSONL field of its name (see [`super::fields`]);
+//! a field of an input neft also fills (an `attention_mask`, `token_type_ids`) wins.
 //!
 //! In: the model's data inputs (name and declared element type), the name of its
 //! labels input if any. Out: per batch (`[rows, len]` ids right-padded, the real length
-//! of each row), one tensor per input, or at construction an error naming an input
-//! that token data cannot fill.
+//! of each row, the named tensors), one tensor per input, or an error naming an input
+//! that the data cannot fill.
 
+use super::fields::{Field, Fields};
 use crate::onnx::make::declared;
 use crate::onnx::proto::tensor_proto::DataType;
 use crate::onnx::proto::GraphProto;
@@ -31,6 +33,8 @@ pub enum TokenSource {
     PositionIds,
     /// Zeros (one segment).
     TokenTypeIds,
+    /// The JSONL field of the input's name, on every line.
+    Field,
 }
 
 /// One data input of a graph as it declares it.
@@ -51,8 +55,9 @@ pub struct TokenFeed {
 /// What the error message lists: the inputs token data fill, and from what.
 const FILLABLE: &str = "input_ids (the JSONL field \"input_ids\", or \"text\" / \"prompt\"+\"completion\" with a \
                         tokenizer), labels (\"labels\", else the ids; one \"label\" per line for a labels input of \
-                        rank 1), attention_mask (1 on real tokens, 0 on padding), position_ids (0..n in each row) and \
-                        token_type_ids (zeros)";
+                        rank 1), attention_mask (1 on real tokens, 0 on padding), position_ids (0..n in each row), \
+                        token_type_ids (zeros), and any input from the JSONL field of its name (a number or nested \
+                        lists of numbers on every line)";
 
 impl TokenFeed {
     /// `inputs`: the data inputs as declared; `labels`: the input that takes the
@@ -67,29 +72,28 @@ impl TokenFeed {
                 "attention_mask" => TokenSource::AttentionMask,
                 "position_ids" => TokenSource::PositionIds,
                 "token_type_ids" => TokenSource::TokenTypeIds,
-                other => {
-                    // A KV cache input: the graph was exported for generation step by step.
-                    let hint = if other.starts_with("past_key") {
-                        " (a KV cache: export the model without past, e.g. optimum's task text-generation rather \
-                         than text-generation-with-past)"
-                    } else {
-                        ""
-                    };
+                // A KV cache input: the graph was exported for generation step by step.
+                other if other.starts_with("past_key") => {
                     return Err(format!(
-                        "input '{other}' cannot be filled from JSONL token data: no JSONL field fills it{hint}. \
-                         Token data fill {FILLABLE}; feed other inputs from a model that computes them, or remove \
-                         them from the graph"
+                        "input '{other}' is a KV cache, which training does not feed: export the model without past \
+                         (e.g. optimum's task text-generation rather than text-generation-with-past)"
                     ));
                 }
+                _ => TokenSource::Field,
             };
             let dtype = dtype.unwrap_or(DataType::Int64 as i32);
-            if encode(source, dtype, &[1], &[0]).is_none() {
-                let dt = DataType::try_from(dtype).map(|d| d.as_str_name()).unwrap_or("an unknown type");
-                return Err(format!("input '{name}' is {dt}; neft fills it as INT64, INT32, FLOAT or BOOL only"));
-            }
+            let fits = match source {
+                TokenSource::Field => Field { shape: vec![0], values: vec![] }.encode(name, dtype).map(|_| ()),
+                _ => encode(source, dtype, &[1], &[0]).map(|_| ()).ok_or_else(|| {
+                    let dt = DataType::try_from(dtype).map(|d| d.as_str_name()).unwrap_or("an unknown type");
+                    format!("input '{name}' is {dt}; neft fills it as INT64, INT32, FLOAT or BOOL only")
+                }),
+            };
+            fits?;
             out.push((name.clone(), source, dtype));
         }
-        if !out.iter().any(|(_, s, _)| *s == TokenSource::Ids) {
+        let from_tokens = |s: &TokenSource| !matches!(s, TokenSource::Ids | TokenSource::Field | TokenSource::Classes);
+        if !out.iter().any(|(_, s, _)| *s == TokenSource::Ids) && out.iter().any(|(_, s, _)| from_tokens(s)) {
             let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(format!(
                 "the model's inputs ({}) cannot be fed from JSONL token data: it has no 'input_ids' input",
@@ -115,20 +119,53 @@ impl TokenFeed {
         self.sources().any(|(_, s)| s == TokenSource::Classes)
     }
 
+    /// Whether the model takes token ids.
+    pub fn takes_tokens(&self) -> bool {
+        self.sources().any(|(_, s)| s == TokenSource::Ids)
+    }
+
+    /// Checks that the named tensors `fields` of the data (the same on every line) are
+    /// what the model takes: every input fed from a field has it, every field feeds an
+    /// input.
+    pub fn check_fields<'f>(&self, fields: impl IntoIterator<Item = &'f str>) -> Result<(), String> {
+        let fields: HashSet<&str> = fields.into_iter().collect();
+        // A field of no input first: a misspelt name explains the missing input too.
+        let inputs: Vec<&str> = self.sources().map(|(n, _)| n).collect();
+        if let Some(extra) = fields.iter().find(|f| !inputs.contains(f)) {
+            return Err(format!(
+                "the data carry a field \"{extra}\" that feeds no input of the model (its inputs: {})",
+                inputs.join(", ")
+            ));
+        }
+        if let Some((name, _)) = self.sources().find(|(n, s)| *s == TokenSource::Field && !fields.contains(n)) {
+            return Err(format!(
+                "input '{name}' cannot be filled: the data have no field \"{name}\". Data fill {FILLABLE}"
+            ));
+        }
+        Ok(())
+    }
+
     /// One tensor per input for a batch: `ids` `[rows, len]` INT64, right-padded;
     /// `labels` `[rows, len]` INT64 (`None`: the ids); `classes` `[rows]` INT64, one per
-    /// row, when the examples have them; `lengths[r]` real tokens in row `r`.
+    /// row, when the examples have them; `lengths[r]` real tokens in row `r`; `fields`
+    /// the batch's named tensors (`[rows, ...]`).
     pub fn fill<'a>(
         &'a self,
         ids: &HostTensor,
         labels: Option<&HostTensor>,
         classes: Option<&HostTensor>,
         lengths: &[usize],
+        fields: &Fields,
     ) -> Result<Vec<(&'a str, HostTensor)>, String> {
+        self.check_fields(fields.keys().map(String::as_str))?;
         let shape = ids.shape().to_vec();
         let (rows, len) = (shape[0], shape.get(1).copied().unwrap_or(1));
         let mut out = vec![];
         for (name, source, dtype) in &self.inputs {
+            if let Some(field) = fields.get(name) {
+                out.push((name.as_str(), field.encode(name, *dtype)?));
+                continue;
+            }
             let (values, shape) = match source {
                 TokenSource::Ids => (ids.clone().into_i64(), shape.clone()),
                 TokenSource::Labels => (labels.unwrap_or(ids).clone().into_i64(), shape.clone()),
@@ -144,6 +181,7 @@ impl TokenFeed {
                 }
                 TokenSource::PositionIds => ((0..rows).flat_map(|_| 0..len as i64).collect(), shape.clone()),
                 TokenSource::TokenTypeIds => (vec![0; rows * len], shape.clone()),
+                TokenSource::Field => return Err(format!("input '{name}': the data have no field \"{name}\"")),
             };
             out.push((name.as_str(), encode(*source, *dtype, &shape, &values).expect("element type checked in new")));
         }
@@ -212,7 +250,7 @@ mod tests {
         .unwrap();
         let ids = HostTensor::i64(&[2, 3], vec![5, 6, 7, 8, 0, 0]);
         let labels = HostTensor::i64(&[2, 3], vec![5, 6, 7, 8, -100, -100]);
-        let out = f.fill(&ids, Some(&labels), None, &[3, 1]).unwrap();
+        let out = f.fill(&ids, Some(&labels), None, &[3, 1], &Fields::new()).unwrap();
         let get = |n: &str| out.iter().find(|(name, _)| *name == n).unwrap().1.clone();
         assert_eq!(get("input_ids"), ids);
         assert_eq!(get("labels"), labels);
@@ -228,21 +266,47 @@ mod tests {
         assert!(f.needs_classes());
         let ids = HostTensor::i64(&[2, 2], vec![5, 6, 7, 0]);
         let classes = HostTensor::i64(&[2], vec![1, 0]);
-        let out = f.fill(&ids, None, Some(&classes), &[2, 1]).unwrap();
+        let out = f.fill(&ids, None, Some(&classes), &[2, 1], &Fields::new()).unwrap();
         assert_eq!(out[1], ("classes", classes));
-        let err = f.fill(&ids, None, None, &[2, 1]).unwrap_err();
+        let err = f.fill(&ids, None, None, &[2, 1], &Fields::new()).unwrap_err();
         assert!(err.contains("'classes' takes one class per example"), "{err}");
     }
 
     #[test]
+    fn other_inputs_take_the_field_of_their_name_and_fields_win() {
+        let f = feed(&[
+            ("input_ids", DataType::Int64),
+            ("pixel_values", DataType::Float),
+            ("token_type_ids", DataType::Int64),
+        ])
+        .unwrap();
+        let ids = HostTensor::i64(&[1, 2], vec![5, 6]);
+        let field = |shape: &[usize], values: Vec<f64>| Field { shape: shape.to_vec(), values };
+        let fields: Fields = [
+            ("pixel_values".to_string(), field(&[1, 3], vec![0.5, 1.5, 2.5])),
+            ("token_type_ids".to_string(), field(&[1, 2], vec![0.0, 1.0])),
+        ]
+        .into();
+        let out = f.fill(&ids, None, None, &[2], &fields).unwrap();
+        assert_eq!(out[1], ("pixel_values", HostTensor::f32(&[1, 3], vec![0.5, 1.5, 2.5])));
+        assert_eq!(out[2], ("token_type_ids", HostTensor::i64(&[1, 2], vec![0, 1])));
+        let err = f.fill(&ids, None, None, &[2], &Fields::new()).unwrap_err();
+        assert!(err.contains("'pixel_values' cannot be filled: the data have no field \"pixel_values\""), "{err}");
+        let extra: Fields = [("pixel_value".to_string(), field(&[1], vec![0.0]))].into();
+        let err = f.check_fields(extra.keys().map(String::as_str)).unwrap_err();
+        assert!(err.contains("a field \"pixel_value\" that feeds no input"), "{err}");
+    }
+
+    #[test]
     fn refuses_an_input_it_cannot_fill_and_names_it() {
-        let err = feed(&[("input_ids", DataType::Int64), ("pixel_values", DataType::Float)]).unwrap_err();
-        assert!(err.contains("'pixel_values'") && err.contains("attention_mask (1 on real tokens"), "{err}");
         let err = feed(&[("input_ids", DataType::Int64), ("past_key_values.0.key", DataType::Float)]).unwrap_err();
         assert!(err.contains("export the model without past"), "{err}");
         let err = feed(&[("input_ids", DataType::Int64), ("position_ids", DataType::Float)]).unwrap_err();
         assert!(err.contains("'position_ids' is FLOAT"), "{err}");
         let err = feed(&[("attention_mask", DataType::Int64)]).unwrap_err();
         assert!(err.contains("no 'input_ids'"), "{err}");
+        let err = feed(&[("x", DataType::String)]).unwrap_err();
+        assert!(err.contains("input 'x' is STRING"), "{err}");
+        assert!(!feed(&[("x", DataType::Float), ("target", DataType::Int64)]).unwrap().takes_tokens());
     }
 }

@@ -1,6 +1,8 @@
+use super::fields::{self, Field, Fields};
 use super::Encode;
 use crate::types::IGNORE_INDEX;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
@@ -34,8 +36,21 @@ pub enum DataError {
     Empty { file: String },
 }
 
+/// One line of a data file: its tokens (if any) and its named tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// `None`: a line of named tensors only (a model that takes no tokens).
+    pub example: Option<Example>,
+    pub fields: Fields,
+}
+
+impl From<Example> for Record {
+    fn from(example: Example) -> Record {
+        Record { example: Some(example), fields: Fields::new() }
+    }
+}
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     text: Option<String>,
     prompt: Option<String>,
@@ -43,10 +58,13 @@ struct Raw {
     input_ids: Option<Vec<i64>>,
     labels: Option<Vec<i64>>,
     label: Option<i64>,
+    /// Any other field: a named tensor.
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 /// Reads every line; the first bad line stops everything, naming file and line.
-pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, DataError> {
+pub fn read_jsonl(path: &Path) -> Result<Vec<Record>, DataError> {
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|source| DataError::Io { file: file.clone(), source })?;
     let mut out = vec![];
@@ -63,14 +81,23 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, DataError> {
     Ok(out)
 }
 
-/// One non-empty JSONL line as an [`Example`]; the error says what is wrong with it.
-pub fn parse_line(line: &str) -> Result<Example, String> {
+const SHAPES: &str = "expected {\"text\"}, {\"prompt\",\"completion\"}, {\"input_ids\"[,\"labels\"]}, or for \
+                      sequence classification {\"text\" or \"input_ids\", \"label\": class}; any other field is a \
+                      named tensor (a number or nested lists of numbers) for the model input of that name";
+
+/// One non-empty JSONL line as a [`Record`]; the error says what is wrong with it.
+pub fn parse_line(line: &str) -> Result<Record, String> {
     let raw: Raw = serde_json::from_str(line).map_err(|e| format!("not a JSON object of a known shape: {e}"))?;
+    // A misspelt known field lands here too, so the error lists the known shapes.
+    let field = |(name, v): (&String, &serde_json::Value)| {
+        Field::parse(name, v).map(|f| (name.clone(), f)).map_err(|e| format!("{e}; {SHAPES}"))
+    };
+    let fields = raw.other.iter().map(field).collect::<Result<Fields, String>>()?;
     if raw.input_ids.as_ref().is_some_and(|i| i.is_empty()) {
         return Err("\"input_ids\" is empty".into());
     }
-    Ok(match raw {
-        Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None, label: None } => {
+    let example = match raw {
+        Raw { text: Some(t), prompt: None, completion: None, input_ids: None, labels: None, label: None, .. } => {
             Example::Text(t)
         }
         Raw {
@@ -80,66 +107,72 @@ pub fn parse_line(line: &str) -> Result<Example, String> {
             input_ids: None,
             labels: None,
             label: None,
+            ..
         } => Example::PromptCompletion { prompt, completion },
-        Raw { text, prompt: None, completion: None, input_ids, labels: None, label: Some(label) }
-            if text.is_some() != input_ids.is_some() =>
+        // A class for a text, token ids, or (an image model) named tensors alone.
+        Raw { text, prompt: None, completion: None, input_ids, labels: None, label: Some(label), .. }
+            if !(text.is_some() && input_ids.is_some())
+                && (text.is_some() || input_ids.is_some() || !fields.is_empty()) =>
         {
             Example::Classified { text, input_ids, label }
         }
-        Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels, label: None } => {
-            if ids.is_empty() {
-                return Err("\"input_ids\" is empty".into());
-            }
+        Raw { text: None, prompt: None, completion: None, input_ids: Some(ids), labels, label: None, .. } => {
             if let Some(l) = labels.as_ref().filter(|l| l.len() != ids.len()) {
                 return Err(format!("\"labels\" has {} entries, \"input_ids\" {}", l.len(), ids.len()));
             }
             Example::Tokens { input_ids: ids, labels }
         }
-        _ => {
-            return Err("expected {\"text\"}, {\"prompt\",\"completion\"}, {\"input_ids\"[,\"labels\"]}, or for \
-                        sequence classification {\"text\" or \"input_ids\", \"label\": class}"
-                .into())
+        Raw { text: None, prompt: None, completion: None, input_ids: None, labels: None, label: None, .. }
+            if !fields.is_empty() =>
+        {
+            return Ok(Record { example: None, fields });
         }
-    })
+        _ => return Err(SHAPES.into()),
+    };
+    Ok(Record { example: Some(example), fields })
 }
 
-/// Token ids and the labels the loss sees (-100: not counted).
+/// Token ids and the labels the loss sees (-100: not counted), and the line's named
+/// tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokenized {
     pub input_ids: Vec<i64>,
     pub labels: Vec<i64>,
     /// The example's class, for sequence classification (its token labels are all -100).
     pub class: Option<i64>,
+    pub fields: Fields,
 }
 
-/// Encodes examples, truncating to `seq_len` tokens. Prompts get label -100; texts and
-/// completions are followed by the encoder's end-of-sequence token.
-pub fn tokenize(examples: &[Example], enc: Option<&dyn Encode>, seq_len: usize) -> anyhow::Result<Vec<Tokenized>> {
+/// Encodes examples, truncating to `seq_len` tokens (fields along the tokens with
+/// them). Prompts get label -100; texts and completions are followed by the encoder's
+/// end-of-sequence token. The named tensors are checked to stack into batches.
+pub fn tokenize(records: &[Record], enc: Option<&dyn Encode>, seq_len: usize) -> anyhow::Result<Vec<Tokenized>> {
     let need = || enc.ok_or_else(|| anyhow::anyhow!("text examples need a tokenizer (--tokenizer tokenizer.json)"));
-    examples
+    let out: Vec<Tokenized> = records
         .iter()
-        .map(|ex| {
+        .map(|Record { example, fields }| {
             let mut class = None;
-            let (mut ids, mut labels) = match ex {
-                Example::Text(t) => {
+            let (mut ids, mut labels) = match example {
+                None => (vec![], vec![]),
+                Some(Example::Text(t)) => {
                     let e = need()?;
                     let mut ids = e.encode(t)?;
                     ids.extend(e.eos());
                     (ids.clone(), ids)
                 }
-                Example::PromptCompletion { prompt, completion } => {
+                Some(Example::PromptCompletion { prompt, completion }) => {
                     let e = need()?;
                     let p = e.encode(prompt)?;
                     let mut c = e.encode(completion)?;
                     c.extend(e.eos());
-                    let labels = std::iter::repeat(IGNORE_INDEX).take(p.len()).chain(c.iter().copied()).collect();
+                    let labels = std::iter::repeat_n(IGNORE_INDEX, p.len()).chain(c.iter().copied()).collect();
                     (p.into_iter().chain(c).collect(), labels)
                 }
-                Example::Tokens { input_ids, labels } => {
+                Some(Example::Tokens { input_ids, labels }) => {
                     (input_ids.clone(), labels.clone().unwrap_or_else(|| input_ids.clone()))
                 }
                 // The tokenizer's own special tokens ([CLS] ... [SEP]), no end-of-sequence.
-                Example::Classified { text, input_ids, label } => {
+                Some(Example::Classified { text, input_ids, label }) => {
                     class = Some(*label);
                     let ids = match (text, input_ids) {
                         (Some(t), _) => need()?.encode(t)?,
@@ -149,9 +182,13 @@ pub fn tokenize(examples: &[Example], enc: Option<&dyn Encode>, seq_len: usize) 
                     (ids, labels)
                 }
             };
+            let mut fields = fields.clone();
+            fields::truncate_per_token(&mut fields, ids.len(), seq_len);
             ids.truncate(seq_len);
             labels.truncate(seq_len);
-            Ok(Tokenized { input_ids: ids, labels, class })
+            Ok(Tokenized { input_ids: ids, labels, class, fields })
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    fields::check(out.iter().map(|t| (&t.fields, t.input_ids.len()))).map_err(anyhow::Error::msg)?;
+    Ok(out)
 }

@@ -2,19 +2,23 @@
 //! batches.
 //!
 //! In: a JSONL file whose lines are `{"text"}`, `{"prompt","completion"}` (loss on the
-//! completion only) or pre-tokenized `{"input_ids","labels"}`, and a text encoder.
-//! Out: [`Batch`]es of `input_ids` and `labels` (`[batch, len]`, INT64), padded on the
-//! right with labels -100 so padding never counts in the loss; [`TokenFeed`] turns them
-//! into the inputs a model declares (`attention_mask`, `position_ids`, ...).
+//! completion only) or pre-tokenized `{"input_ids","labels"}`, optionally a class
+//! `"label"`, and any other input by name as nested lists (`"pixel_values"`), and a
+//! text encoder. Out: [`Batch`]es of `input_ids` and `labels` (`[batch, len]`, INT64),
+//! padded on the right with labels -100 so padding never counts in the loss, and the
+//! named tensors stacked; [`TokenFeed`] turns them into the inputs a model declares
+//! (`attention_mask`, `position_ids`, ...).
 
 mod batch;
 mod feed;
+pub mod fields;
 mod jsonl;
 mod tokenizer;
 
 pub use batch::{Batch, Batcher};
 pub use feed::{data_inputs, DataInput, TokenFeed, TokenSource};
-pub use jsonl::{parse_line, read_jsonl, tokenize, DataError, Example, Tokenized};
+pub use fields::{Field, Fields};
+pub use jsonl::{parse_line, read_jsonl, tokenize, DataError, Example, Record, Tokenized};
 pub use tokenizer::{load_tokenizer, TextTokenizer};
 
 /// Turns text into token ids (a `tokenizer.json`, or anything else).

@@ -7,7 +7,7 @@
 //! reduced to the argmax inside the graph, so one token per row comes back per step
 //! instead of the whole `[batch, len, vocab]` tensor.
 
-use crate::data::{tokenize, Batch, Encode, Example, TokenFeed};
+use crate::data::{tokenize, Batch, Encode, Example, Fields, Record, TokenFeed};
 use crate::ir::attr;
 use crate::onnx::make::{self, DimSpec};
 use crate::onnx::{DataType, Model};
@@ -29,12 +29,14 @@ pub fn completion_loss(
 ) -> anyhow::Result<(f64, usize)> {
     let mut session = Session::from_file(model, opts)?;
     let feeds = token_feed(model)?;
-    let tokenized = tokenize(examples, Some(tokenizer), seq_len)?;
+    let records: Vec<Record> = examples.iter().cloned().map(Record::from).collect();
+    let tokenized = tokenize(&records, Some(tokenizer), seq_len)?;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for chunk in tokenized.chunks(batch.max(1)) {
         let refs: Vec<_> = chunk.iter().collect();
-        let b = Batch::new(&refs, tokenizer.pad());
-        let out = session.run(&feeds.fill(&b.input_ids, None, None, &b.lengths).map_err(anyhow::Error::msg)?)?;
+        let b = Batch::new(&refs, tokenizer.pad()).map_err(anyhow::Error::msg)?;
+        let feed = feeds.fill(&b.input_ids, None, None, &b.lengths, &b.fields).map_err(anyhow::Error::msg)?;
+        let out = session.run(&feed)?;
         let logits = logits_of(&out, model)?;
         let labels = b.labels.clone().into_i64();
         let (rows, len, vocab) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
@@ -127,7 +129,7 @@ impl Greedy {
         let last = rows.iter().map(|r| r.len() as i64 - 1).collect();
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         let ids = HostTensor::i64(&shape, ids.collect());
-        let mut feed = self.feed.fill(&ids, None, None, &lengths).map_err(anyhow::Error::msg)?;
+        let mut feed = self.feed.fill(&ids, None, None, &lengths, &Fields::new()).map_err(anyhow::Error::msg)?;
         feed.push(("last_index", HostTensor::i64(&[rows.len(), 1], last)));
         let out = self.session.run(&feed)?;
         let (_, next) = out.into_iter().find(|(n, _)| n == "next_token").context("greedy wrapper: no next_token")?;

@@ -7,7 +7,7 @@
 //! logits at position t predict labels at t+1 (the labels are shifted, not the
 //! logits), label -100 is ignored, the loss is the mean over counted tokens. For rank-2 logits, a sequence-classification
 //! cross-entropy: `labels [batch]`, one class per row (-100 ignored), the mean over
-//! counted rows. Built from LogSoftmax + GatherElements + a masked mean:
+//! counted rows, and a count of the rows predicted right (for the accuracy). Built from LogSoftmax + GatherElements + a masked mean:
 //! ONNX Runtime's CUDA provider has no SoftmaxCrossEntropyLoss kernel.
 
 use super::{refuse, PassError};
@@ -29,11 +29,17 @@ pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassE
                     format!("--loss {name}: the model has no such output (outputs: {})", names.join(", ")),
                 ));
             }
-            Ok(LossInfo { loss: name.clone(), kind: "output".into(), labels: None, tokens: None })
+            Ok(LossInfo { loss: name.clone(), kind: "output".into(), labels: None, tokens: None, correct: None })
         }
         LossSpec::Auto => {
             if let Some((n, _)) = outputs.iter().find(|(n, _)| n.to_lowercase().contains("loss") && scalar(n)) {
-                return Ok(LossInfo { loss: n.clone(), kind: "output".into(), labels: None, tokens: None });
+                return Ok(LossInfo {
+                    loss: n.clone(),
+                    kind: "output".into(),
+                    labels: None,
+                    tokens: None,
+                    correct: None,
+                });
             }
             let logits = names.iter().find(|n| **n == "logits").ok_or_else(|| {
                 refuse(
@@ -90,7 +96,7 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     let lb = g.add1("Concat", &[&next, &last], vec![attr::int("axis", 1)], "shift_labels")?;
     let (loss, count) = masked_mean_nll(g, logits, &lb)?;
     g.set_pass(None);
-    Ok(LossInfo { loss, kind: "causal-lm".into(), labels: Some("labels".into()), tokens: Some(count) })
+    Ok(LossInfo { loss, kind: "causal-lm".into(), labels: Some("labels".into()), tokens: Some(count), correct: None })
 }
 
 /// Rank-2 logits `[batch, classes]`: labels `[batch]`, one class per row.
@@ -98,8 +104,17 @@ fn sequence_classification(graph: &mut Graph, logits: &str) -> Result<LossInfo, 
     add_labels(graph, &["batch".into()])?;
     graph.set_pass(Some("loss"));
     let (loss, count) = masked_mean_nll(graph, logits, "labels")?;
-    graph.set_pass(None);
-    Ok(LossInfo { loss, kind: SEQUENCE_CLASSIFICATION.into(), labels: Some("labels".into()), tokens: Some(count) })
+    // Rows whose argmax is the label (a label of -100 never is), for the accuracy.
+    let g = graph;
+    let guess =
+        g.add1("ArgMax", &[logits], vec![attr::int("axis", -1), attr::int("keepdims", 0)], "predicted_class")?;
+    let hit = g.add1("Equal", &[&guess, "labels"], vec![], "predicted_right")?;
+    let hit = g.add1("Cast", &[&hit], vec![attr::int("to", DataType::Float as i64)], "predicted_right")?;
+    let correct = g.add1("ReduceSum", &[&hit], vec![attr::int("keepdims", 0)], "correct_count")?;
+    g.add_output(make::value_info(&correct, DataType::Float, &[]))?;
+    g.set_pass(None);
+    let labels = Some("labels".into());
+    Ok(LossInfo { loss, kind: SEQUENCE_CLASSIFICATION.into(), labels, tokens: Some(count), correct: Some(correct) })
 }
 
 /// The `kind` of a sequence-classification loss (labels: one class per row).

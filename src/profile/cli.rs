@@ -10,7 +10,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
     /// Calibration data: JSONL with {"text"}, {"prompt","completion"} or {"input_ids"} per line
-    /// (and a "label" per line for gradient selection on a sequence classifier).
+    /// (and a "label" per line for gradient selection on a sequence classifier; other
+    /// fields feed the model inputs of their names, as for `neft train`).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// tokenizer.json for text data (pre-tokenized {"input_ids"} data need none).

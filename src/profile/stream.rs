@@ -3,11 +3,11 @@
 //!
 //! In: a JSONL file (the shapes `data::read_jsonl` accepts), an optional encoder, and
 //! the model's token inputs ([`TokenInputs`]). Out: [`TokenBatch`]es: padded token ids,
-//! labels (-100 on padding), a `[batch, seq]` mask of real tokens, and the feeds for
-//! the model's inputs (`input_ids`, and `attention_mask`, `position_ids`,
-//! `token_type_ids` when the model takes them).
+//! labels (-100 on padding), a `[batch, seq]` mask of real tokens, the lines' named
+//! tensors, and the feeds for the model's inputs (`input_ids`, and `attention_mask`,
+//! `position_ids`, `token_type_ids` or any input from the JSONL field of its name).
 
-use crate::data::{tokenize, Encode, TokenFeed, Tokenized};
+use crate::data::{fields, tokenize, Encode, Fields, TokenFeed, Tokenized};
 use crate::ir::Graph;
 use crate::onnx::make::{declared, DimSpec};
 use crate::runtime::ort::HostTensor;
@@ -35,7 +35,13 @@ impl TokenInputs {
     pub fn of(graph: &Graph, model: &str) -> anyhow::Result<TokenInputs> {
         // A model with its own loss takes `labels` too (Hugging Face's convention).
         let feed = TokenFeed::of_graph(&graph.to_proto(), Some("labels")).map_err(|e| anyhow!("{model}: {e}"))?;
-        let ids = graph.inputs().find(|i| i.name() == "input_ids").expect("TokenFeed checked it");
+        // Activations are weighed by the token mask, so calibration data are tokens.
+        let Some(ids) = graph.inputs().find(|i| i.name() == "input_ids") else {
+            bail!(
+                "{model}: activation and gradient selection read token data, but the model has no 'input_ids' \
+                 input; choose its neurons with --strategy random, --strategy cosine --reference, or --neurons"
+            )
+        };
         let dims = declared(ids).and_then(|d| d.1).unwrap_or_default();
         if dims.len() != 2 {
             bail!("{model}: input 'input_ids' must be [batch, seq], but it declares {} dimensions", dims.len());
@@ -73,6 +79,8 @@ pub struct TokenBatch {
     pub examples: usize,
     /// `[batch]` INT64, one class per row (-100 on filler), when every example has one.
     pub classes: Option<HostTensor>,
+    /// The lines' named tensors, `[batch, ...]` (zeros on filler rows).
+    pub fields: Fields,
 }
 
 impl TokenBatch {
@@ -86,7 +94,8 @@ impl TokenBatch {
             .chunks(len.max(1))
             .map(|row| row.iter().filter(|&&m| m > 0.0).count())
             .collect();
-        inputs.feed.fill(&self.input_ids, Some(&self.labels), self.classes.as_ref(), &lengths).map_err(|e| anyhow!(e))
+        let (labels, classes) = (Some(&self.labels), self.classes.as_ref());
+        inputs.feed.fill(&self.input_ids, labels, classes, &lengths, &self.fields).map_err(|e| anyhow!(e))
     }
 }
 
@@ -186,6 +195,7 @@ impl<'a> TokenStream<'a> {
             let example = crate::data::parse_line(&line).map_err(at)?;
             let mut t = tokenize(&[example], self.enc, self.opts.seq_len).map_err(|e| at(format!("{e:#}")))?;
             let t = t.remove(0);
+            self.inputs.feed.check_fields(t.fields.keys().map(String::as_str)).map_err(at)?;
             self.examples += 1;
             if let Some((table, rows)) = &self.inputs.vocab {
                 if let Some(bad) = t.input_ids.iter().find(|&&id| id < 0 || id as usize >= *rows) {
@@ -231,7 +241,7 @@ impl<'a> TokenStream<'a> {
         let rows = self.inputs.fixed_batch.unwrap_or(picked.len());
         let longest = picked.iter().map(|t| t.input_ids.len()).max().unwrap_or(1);
         let len = self.inputs.fixed_seq.unwrap_or_else(|| bucket(longest).min(self.opts.seq_len).max(longest));
-        Ok(Some(pad_batch(&picked, rows, len, pad)))
+        pad_batch(&picked, rows, len, pad).map(Some).map_err(|e| anyhow!("{}: {e}", self.file))
     }
 }
 
@@ -254,7 +264,7 @@ pub fn bucket(n: usize) -> usize {
 }
 
 /// `rows x len` ids, labels and mask; rows past the examples are filler (mask 0).
-fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> TokenBatch {
+fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> Result<TokenBatch, String> {
     let mut ids = vec![pad; rows * len];
     let mut labels = vec![IGNORE_INDEX; rows * len];
     let mut mask = vec![0f32; rows * len];
@@ -272,12 +282,14 @@ fn pad_batch(examples: &[Tokenized], rows: usize, len: usize, pad: i64) -> Token
         c.resize(rows, IGNORE_INDEX);
         HostTensor::i64(&[rows], c)
     });
-    TokenBatch {
+    let lines: Vec<_> = examples.iter().map(|e| (&e.fields, e.input_ids.len())).collect();
+    Ok(TokenBatch {
         input_ids: HostTensor::i64(&shape, ids),
         labels: HostTensor::i64(&shape, labels),
         mask: HostTensor::f32(&shape, mask),
         tokens,
         examples: examples.len(),
         classes,
-    }
+        fields: fields::stack(&lines, rows, len)?,
+    })
 }

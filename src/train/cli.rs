@@ -19,10 +19,12 @@ pub struct TrainArgs {
     pub dir: PathBuf,
     /// Training data, JSONL: {"text"}, {"prompt","completion"} (loss on the completion
     /// only) or pre-tokenized {"input_ids"[,"labels"]}; for a sequence classifier
-    /// {"text" or "input_ids", "label": CLASS}.
+    /// {"text" or "input_ids", "label": CLASS}; any other field (nested lists of
+    /// numbers) feeds the model input of its name, e.g. {"x": [...], "target": 3}.
     #[arg(long)]
     pub data: PathBuf,
-    /// Evaluation data (same formats): loss and perplexity at every checkpoint.
+    /// Evaluation data (same formats): loss and perplexity (accuracy for a classifier)
+    /// at every checkpoint.
     #[arg(long)]
     pub eval: Option<PathBuf>,
     /// Train until this many optimizer steps are done in total (a resumed run counts the
@@ -135,8 +137,12 @@ fn print_summary(s: &Summary) {
             s.tokens_per_second
         );
     }
-    if let (Some(start), Some(end), Some(ppl)) = (s.eval_loss_start, s.eval_loss, s.eval_perplexity) {
-        println!("  eval loss {start:.4} -> {end:.4} (perplexity {ppl:.2})");
+    match (s.eval_loss_start, s.eval_loss, s.eval_perplexity, s.eval_accuracy_start, s.eval_accuracy) {
+        (Some(start), Some(end), _, Some(a0), Some(a1)) => {
+            println!("  eval loss {start:.4} -> {end:.4}, accuracy {:.1}% -> {:.1}%", a0 * 100.0, a1 * 100.0)
+        }
+        (Some(start), Some(end), Some(ppl), ..) => println!("  eval loss {start:.4} -> {end:.4} (perplexity {ppl:.2})"),
+        _ => {}
     }
     if let Some(c) = &s.checkpoint {
         println!("  checkpoint {}", c.display());

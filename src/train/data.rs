@@ -35,8 +35,9 @@ impl Dataset {
     }
 
     /// The examples in file order, `batch` at a time (for evaluation).
-    pub fn in_order(&self, batch: usize, pad: i64) -> Vec<Batch> {
-        self.examples.chunks(batch.max(1)).map(|c| Batch::new(&c.iter().collect::<Vec<_>>(), pad)).collect()
+    pub fn in_order(&self, batch: usize, pad: i64) -> anyhow::Result<Vec<Batch>> {
+        let batches = self.examples.chunks(batch.max(1)).map(|c| Batch::new(&c.iter().collect::<Vec<_>>(), pad));
+        batches.collect::<Result<_, _>>().map_err(|e| anyhow!("{}: {e}", self.file.display()))
     }
 }
 
@@ -81,10 +82,18 @@ impl Feeder {
         Ok(Feeder { feed })
     }
 
-    /// Checks that `data` hold what the loss needs: a "label" on every example where
-    /// the labels are one class per row, none elsewhere.
+    /// Checks that `data` hold what the model takes: the named tensors of its inputs,
+    /// and what the loss needs: a "label" on every example where the labels are one
+    /// class per row, none elsewhere.
     pub fn check(&self, data: &Dataset) -> anyhow::Result<()> {
         let file = data.file.display();
+        let fields = data.examples.first().map(|e| e.fields.keys().map(String::as_str).collect::<Vec<_>>());
+        self.feed.check_fields(fields.unwrap_or_default()).map_err(|e| anyhow!("{file}: {e}"))?;
+        if !self.feed.takes_tokens() {
+            if let Some(i) = data.examples.iter().position(|e| !e.input_ids.is_empty()) {
+                bail!("{file}: example {}: the model takes no input_ids, but this line has tokens", i + 1);
+            }
+        }
         let (want, line) = match self.feed.needs_classes() {
             true => ("these artifacts need a \"label\" (a class) on every line", {
                 data.examples.iter().position(|e| e.class.is_none())
@@ -101,7 +110,7 @@ impl Feeder {
 
     pub fn feed<'a>(&'a self, batch: &Batch) -> anyhow::Result<Vec<(&'a str, HostTensor)>> {
         self.feed
-            .fill(&batch.input_ids, Some(&batch.labels), batch.classes.as_ref(), &batch.lengths)
+            .fill(&batch.input_ids, Some(&batch.labels), batch.classes.as_ref(), &batch.lengths, &batch.fields)
             .map_err(|e| anyhow!(e))
     }
 }

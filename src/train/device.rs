@@ -85,6 +85,7 @@ impl DeviceTrainer {
             train_out.push(t.clone());
             eval_out.push(t.clone());
         }
+        eval_out.extend(self.plan.loss.correct.clone());
         for name in train_out {
             self.binding.bind_output_to_device(name.as_str(), &host).map_err(ort_err(&format!("output '{name}'")))?;
         }
@@ -128,8 +129,9 @@ impl DeviceTrainer {
         Ok(out)
     }
 
-    /// The loss and its token count on `batch` with the current state, no update.
-    pub fn eval(&mut self, batch: &[(&str, HostTensor)]) -> anyhow::Result<(f32, f32)> {
+    /// The loss, its token count and (for classification) the rows predicted right on
+    /// `batch` with the current state, no update.
+    pub fn eval(&mut self, batch: &[(&str, HostTensor)]) -> anyhow::Result<(f32, f32, Option<f32>)> {
         for (name, t) in batch {
             self.eval_binding.bind_input(*name, &host_value(t)?).map_err(ort_err(&format!("input '{name}'")))?;
         }
@@ -150,7 +152,8 @@ impl DeviceTrainer {
             Some(t) => get(t)?,
             None => 1.0,
         };
-        Ok((loss, tokens))
+        let correct = self.plan.loss.correct.as_deref().map(get).transpose()?;
+        Ok((loss, tokens, correct))
     }
 
     /// The current state, copied back to the host (for checkpoints and exports).

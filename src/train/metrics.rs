@@ -31,6 +31,9 @@ pub struct Record {
     pub eval_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_perplexity: Option<f64>,
+    /// Share of eval rows whose most likely class is their label (classification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
 }
 
 pub struct MetricsLog {

@@ -202,6 +202,7 @@ mod tests {
             seconds: step as f64,
             eval_loss: eval,
             eval_perplexity: eval.map(f64::exp),
+            eval_accuracy: None,
         };
         let svg = loss_svg(&[r(1, 4.0, None), r(2, 3.0, Some(3.5)), r(3, f32::NAN, None), r(4, 2.0, Some(2.5))]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

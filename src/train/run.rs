@@ -20,7 +20,7 @@ use crate::artifact::{Plan, State};
 use crate::data::{Batch, Batcher, Encode};
 use crate::profile::load_tokenizer;
 use crate::runtime::ort::{Ep, SessionOptions};
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +83,11 @@ pub struct Summary {
     pub eval_loss_start: Option<f64>,
     pub eval_loss: Option<f64>,
     pub eval_perplexity: Option<f64>,
+    /// Classification: the eval accuracy before the first step and at the last evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy_start: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
     /// Label tokens trained on over every run that led to this checkpoint.
     pub tokens: u64,
     /// Wall time of this run.
@@ -205,7 +210,7 @@ fn starting_point(opts: &TrainOptions, plan: &Plan) -> anyhow::Result<(State, Op
 fn load_eval(path: &Path, enc: Option<&dyn Encode>, s: &Settings, feeder: &Feeder) -> anyhow::Result<Vec<Batch>> {
     let set = Dataset::load(path, enc, s.seq_len)?;
     feeder.check(&set)?;
-    let batches = set.in_order(s.batch, enc.map(|e| e.pad()).unwrap_or(0));
+    let batches = set.in_order(s.batch, enc.map(|e| e.pad()).unwrap_or(0))?;
     if batches.iter().all(|b| b.tokens == 0) {
         bail!("{}: no example has a token to predict (every label is -100 or too short)", path.display());
     }
@@ -272,9 +277,11 @@ impl<'a> Run<'a> {
             warmup: settings.warmup,
             first_loss: None,
             last_loss: None,
-            eval_loss_start: eval_start.map(|e| e.0),
+            eval_loss_start: eval_start.map(|e| e.loss),
             eval_loss: None,
             eval_perplexity: None,
+            eval_accuracy_start: eval_start.and_then(|e| e.accuracy),
+            eval_accuracy: None,
             tokens: 0,
             seconds: 0.0,
             tokens_per_second: 0.0,
@@ -318,7 +325,8 @@ impl<'a> Run<'a> {
                 }
                 break;
             }
-            self.one_step(&batcher.next_batch())?;
+            let batch = batcher.next_batch().map_err(|e| anyhow!("{}: {e}", data.file.display()))?;
+            self.one_step(&batch)?;
         }
         Ok(())
     }
@@ -335,9 +343,10 @@ impl<'a> Run<'a> {
         let every = self.opts.checkpoint_every;
         let due = self.step == self.total || (every > 0 && self.step.is_multiple_of(every));
         if due {
-            if let Some((loss, ppl)) = evaluate(&mut self.trainer, &self.feeder, &self.eval)? {
-                record.eval_loss = Some(loss);
-                record.eval_perplexity = Some(ppl);
+            if let Some(e) = evaluate(&mut self.trainer, &self.feeder, &self.eval)? {
+                record.eval_loss = Some(e.loss);
+                record.eval_perplexity = Some(e.loss.exp());
+                record.eval_accuracy = e.accuracy;
             }
         }
         self.metrics.push(record)?;
@@ -410,6 +419,7 @@ impl<'a> Run<'a> {
         if let Some(last) = self.metrics.records.iter().rev().find(|r| r.eval_loss.is_some()) {
             s.eval_loss = last.eval_loss;
             s.eval_perplexity = last.eval_perplexity;
+            s.eval_accuracy = last.eval_accuracy;
         }
         if self.step == self.start && s.status == "completed" {
             s.status = "up-to-date".into();
@@ -434,21 +444,32 @@ fn note_what_changes(reporter: &Reporter, opts: &TrainOptions, data: &Dataset, r
     }
 }
 
-/// Mean loss per label token over the eval set, and its perplexity.
+/// The eval set's scores.
+#[derive(Debug, Clone, Copy)]
+struct EvalScore {
+    /// Mean loss per label token (per row, for classification).
+    loss: f64,
+    /// Classification: the share of rows predicted right.
+    accuracy: Option<f64>,
+}
+
 fn evaluate(
     trainer: &mut DeviceTrainer,
     feeder: &Feeder,
     eval: &Option<Vec<Batch>>,
-) -> anyhow::Result<Option<(f64, f64)>> {
+) -> anyhow::Result<Option<EvalScore>> {
     let Some(batches) = eval else { return Ok(None) };
-    let (mut sum, mut count) = (0.0f64, 0.0f64);
+    let (mut sum, mut count, mut correct) = (0.0f64, 0.0f64, None::<f64>);
     for b in batches.iter().filter(|b| b.tokens > 0) {
-        let (loss, _) = trainer.eval(&feeder.feed(b)?)?;
+        let (loss, _, right) = trainer.eval(&feeder.feed(b)?)?;
         sum += loss as f64 * b.tokens as f64;
         count += b.tokens as f64;
+        if let Some(r) = right {
+            *correct.get_or_insert(0.0) += r as f64;
+        }
     }
-    let mean = sum / count.max(1.0);
-    Ok(Some((mean, mean.exp())))
+    let count = count.max(1.0);
+    Ok(Some(EvalScore { loss: sum / count, accuracy: correct.map(|c| c / count) }))
 }
 
 fn record(step: u64, out: &StepOutput, lr: f32, tokens: u64, total_tokens: u64, seconds: f64) -> Record {
@@ -462,6 +483,7 @@ fn record(step: u64, out: &StepOutput, lr: f32, tokens: u64, total_tokens: u64, 
         seconds,
         eval_loss: None,
         eval_perplexity: None,
+        eval_accuracy: None,
     }
 }
 
