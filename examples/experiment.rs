@@ -18,8 +18,9 @@
 //!     [--lrs activation=1e-3:2e-3,lora=1e-3] [--seeds 0,1] [--steps 120] [--batch 8]
 //!     [--budget 6%] [--rank 25] [--eval 256] [--translate 64] [--validation 128]
 //! ```
-//! Methods: full, lora, activation, gradient, cosine, random, reversed, and
-//! `activation-per-layer` (activation with each layer its share of the budget).
+//! Methods: full, lora, activation, gradient, cosine, random, reversed,
+//! `activation-per-layer` (activation with each layer its share of the budget) and
+//! `activation-normalized` (one threshold over scores divided by their layer's mean).
 //! cosine and reversed need the full run's model as their reference (run full first).
 //! Each run is the `neft` commands a user would type (compile, train, export), from the
 //! `neft` binary built beside this example; test scores are computed on merged models.
@@ -286,6 +287,7 @@ fn selection(method: &str, a: &Args, task: &Task, tokenizer: &Path, seed: u64) -
         }
         "activation" | "gradient" | "random" => neft_run(method),
         "activation-per-layer" => [neft_run("activation"), vec!["--scope".into(), "per-layer".into()]].concat(),
+        "activation-normalized" => [neft_run("activation"), vec!["--scope".into(), "normalized".into()]].concat(),
         "cosine" => [neft_run("cosine"), reference()?].concat(),
         "reversed" => [neft_run("reversed"), vec!["--reversed-of".into(), "cosine".into()], reference()?].concat(),
         other => anyhow::bail!("unknown method {other}"),

@@ -65,7 +65,7 @@ fn percentage_budgets_are_never_exceeded_and_missed_by_less_than_one_unit() {
         for targets in ["mlp", "all", "attn"] {
             let gs = groups(&model, targets, unit);
             let total: u64 = gs.iter().map(Group::params).sum();
-            for scope in [Scope::Global, Scope::PerLayer] {
+            for scope in [Scope::Global, Scope::PerLayer, Scope::Normalized] {
                 for pct in ["0.5%", "3%", "6%", "17.3%", "50%", "100%"] {
                     let limit =
                         (pct.trim_end_matches('%').parse::<f64>().unwrap() / 100.0 * total as f64).floor() as u64;
@@ -100,7 +100,7 @@ fn percentage_budgets_are_never_exceeded_and_missed_by_less_than_one_unit() {
 fn count_budgets_select_exactly_that_many_units() {
     let model = llama();
     for unit in [Unit::Neuron, Unit::MlpUnit] {
-        for scope in [Scope::Global, Scope::PerLayer] {
+        for scope in [Scope::Global, Scope::PerLayer, Scope::Normalized] {
             for n in [1u64, 7, 50, 128] {
                 let sel = select(&model, &options(&n.to_string(), scope, unit, "mlp"), &evidence(1)).unwrap();
                 assert_eq!(sel.summary.units_selected, n, "{unit:?} {scope:?} {n}");
@@ -120,6 +120,24 @@ fn per_layer_scope_gives_every_layer_its_share() {
         assert_eq!(s.rows_selected * 4, s.rows, "{}", s.weight);
     }
     assert!(sel.shares.iter().filter(|s| !s.targeted).all(|s| s.rows_selected == 0));
+}
+
+#[test]
+fn normalized_scope_ranks_units_by_how_far_they_stand_out_in_their_layer() {
+    let model = llama();
+    let gs = groups(&model, "mlp", Unit::Neuron);
+    // Group 0's scores are ten times larger overall; one unit of each group stands out.
+    let mut scores: Vec<Vec<f64>> = gs.iter().map(|g| vec![0.0; g.units]).collect();
+    scores[0] = vec![10.0; gs[0].units];
+    scores[0][3] = 30.0;
+    scores[1] = vec![1.0; gs[1].units];
+    scores[1][5] = 5.0;
+    let limit = Limit::of(Budget::Count(2), &gs).unwrap();
+    let global = allocate(&gs, &scores, limit, Scope::Global);
+    assert_eq!((global[0].clone(), global[1].clone()), (vec![0, 3], vec![]), "global: the larger scale wins");
+    let normalized = allocate(&gs, &scores, limit, Scope::Normalized);
+    assert_eq!((normalized[0].clone(), normalized[1].clone()), (vec![3], vec![5]), "each layer's standout");
+    assert_eq!("normalized".parse::<Scope>().unwrap(), Scope::Normalized);
 }
 
 #[test]

@@ -57,6 +57,10 @@ pub enum Scope {
     Global,
     /// Every group gets its share of the budget.
     PerLayer,
+    /// One threshold over scores divided by their group's mean magnitude: a unit
+    /// counts by how far it stands out in its own layer, so layers whose scores are
+    /// larger overall (deeper blocks, for activations) do not take the budget by scale.
+    Normalized,
 }
 
 impl std::str::FromStr for Scope {
@@ -65,7 +69,8 @@ impl std::str::FromStr for Scope {
         match s {
             "global" => Ok(Scope::Global),
             "per-layer" => Ok(Scope::PerLayer),
-            _ => Err(format!("unknown scope '{s}': use global or per-layer")),
+            "normalized" => Ok(Scope::Normalized),
+            _ => Err(format!("unknown scope '{s}': use global, per-layer or normalized")),
         }
     }
 }
@@ -75,6 +80,7 @@ impl std::fmt::Display for Scope {
         f.write_str(match self {
             Scope::Global => "global",
             Scope::PerLayer => "per-layer",
+            Scope::Normalized => "normalized",
         })
     }
 }
@@ -158,6 +164,7 @@ pub fn allocate(groups: &[Group], scores: &[Vec<f64>], limit: Limit, scope: Scop
     let order = match scope {
         Scope::Global => ranked(scores, |_| true),
         Scope::PerLayer => top_up_order(groups, scores, limit, &taken),
+        Scope::Normalized => ranked(&normalized(scores), |_| true),
     };
     for c in order {
         let cost = limit.cost(&groups[c.group]);
@@ -170,6 +177,20 @@ pub fn allocate(groups: &[Group], scores: &[Vec<f64>], limit: Limit, scope: Scop
         rows.sort_unstable();
     }
     picked
+}
+
+/// Each group's scores over the mean magnitude of its finite scores (unchanged where
+/// that mean is zero).
+fn normalized(scores: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    scores
+        .iter()
+        .map(|s| {
+            let finite: Vec<f64> = s.iter().filter(|v| v.is_finite()).map(|v| v.abs()).collect();
+            let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+            let scale = if mean > 0.0 { mean } else { 1.0 };
+            s.iter().map(|v| v / scale).collect()
+        })
+        .collect()
 }
 
 /// Per group the whole units of its share (`share × units`, floored), best first;

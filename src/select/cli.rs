@@ -33,7 +33,8 @@ pub struct SelectionArgs {
     /// mlp, attn, all, or a regular expression over weight names and roles (`block [0-3] / mlp`).
     #[arg(long, default_value = "mlp")]
     pub targets: Targets,
-    /// global: one threshold over all layers (the paper's); per-layer: each layer its share.
+    /// global: one threshold over all layers (the paper's); per-layer: each layer its
+    /// share; normalized: one threshold over scores divided by their layer's mean.
     #[arg(long, default_value = "global")]
     pub scope: Scope,
     /// The activation statistic: mean (as |mean|), mean-abs, mean-sq, frac-pos or max-abs.
