@@ -21,22 +21,20 @@ fn reference(name: &str) -> Value {
 
 /// The rows of `t` (a `{"shape", "data"}` tensor) as nested lists, one value per row.
 fn rows(t: &Value) -> Vec<Value> {
-    let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data = t["data"].as_array().unwrap();
-    let nest = |values: &[Value], dims: &[usize]| -> Value {
-        fn go(v: &[Value], d: &[usize]) -> Value {
-            match d.split_first() {
-                None => v[0].clone(),
-                Some((&n, rest)) => {
-                    let size = v.len() / n.max(1);
-                    Value::Array((0..n).map(|i| go(&v[i * size..(i + 1) * size], rest)).collect())
-                }
+    fn nest(values: &[Value], dims: &[usize]) -> Value {
+        match dims.split_first() {
+            None => values[0].clone(),
+            Some((&n, rest)) => {
+                let size = values.len() / n.max(1);
+                Value::Array((0..n).map(|i| nest(&values[i * size..(i + 1) * size], rest)).collect())
             }
         }
-        go(values, dims)
-    };
-    let size = data.len() / shape[0];
-    (0..shape[0]).map(|r| nest(&data[r * size..(r + 1) * size], &shape[1..])).collect()
+    }
+    let shape: Vec<usize> = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+    match nest(t["data"].as_array().unwrap(), &shape) {
+        Value::Array(rows) => rows,
+        scalar => vec![scalar],
+    }
 }
 
 /// Seeded pseudo-random numbers in (-1, 1).

@@ -165,35 +165,41 @@ fn layout(name: &str, lines: &[(Option<&Field>, usize)]) -> Result<Layout, Strin
     ))
 }
 
-/// The names of the fields of `lines`, checked to stack into batches (every line has
-/// each, with one shape or one per token).
-pub fn check<'a>(lines: impl Iterator<Item = (&'a Fields, usize)> + Clone) -> Result<Vec<String>, String> {
+/// Every field of `lines` with its layout, or why a field does not stack.
+fn layouts<'a>(lines: impl Iterator<Item = (&'a Fields, usize)> + Clone) -> Result<Vec<(String, Layout)>, String> {
     let mut names: Vec<String> = lines.clone().flat_map(|(f, _)| f.keys().cloned()).collect();
     names.sort();
     names.dedup();
-    for name in &names {
-        let column: Vec<_> = lines.clone().map(|(f, n)| (f.get(name), n)).collect();
-        layout(name, &column)?;
-    }
-    Ok(names)
+    names
+        .into_iter()
+        .map(|name| {
+            let column: Vec<_> = lines.clone().map(|(f, n)| (f.get(&name), n)).collect();
+            let l = layout(&name, &column)?;
+            Ok((name, l))
+        })
+        .collect()
+}
+
+/// Checks that the fields of `lines` stack into batches: every line has each, with
+/// one shape or one per token.
+pub fn check<'a>(lines: impl Iterator<Item = (&'a Fields, usize)> + Clone) -> Result<(), String> {
+    layouts(lines).map(|_| ())
 }
 
 /// Every field of `lines` (`(fields, tokens)` per example) as one tensor of `rows`
 /// rows (rows past the lines are zeros); per-token fields padded with zeros to `len`.
 pub fn stack(lines: &[(&Fields, usize)], rows: usize, len: usize) -> Result<Fields, String> {
-    let names = check(lines.iter().copied())?;
     let mut out = Fields::new();
-    for name in names {
-        let column: Vec<_> = lines.iter().map(|(f, n)| (f.get(&name), *n)).collect();
-        let (row_shape, per_token) = match layout(&name, &column)? {
-            Layout::Same(shape) => (shape, false),
-            Layout::PerToken(rest) => ([vec![len], rest].concat(), true),
+    for (name, layout) in layouts(lines.iter().copied())? {
+        let row_shape = match layout {
+            Layout::Same(shape) => shape,
+            Layout::PerToken(rest) => [vec![len], rest].concat(),
         };
         let row_size: usize = row_shape.iter().product();
         let mut values = vec![0.0; rows * row_size];
-        for (r, (field, _)) in column.iter().enumerate() {
-            let f = field.expect("layout checked presence");
-            let n = if per_token { f.values.len().min(row_size) } else { f.values.len() };
+        for (r, (fields, _)) in lines.iter().enumerate() {
+            let f = &fields[&name];
+            let n = f.values.len().min(row_size);
             values[r * row_size..r * row_size + n].copy_from_slice(&f.values[..n]);
         }
         out.insert(name, Field { shape: [vec![rows], row_shape].concat(), values });
