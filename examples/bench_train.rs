@@ -4,8 +4,10 @@
 //! ```text
 //! cargo run --release --example bench_train -- [--layers 4] [--hidden 256] [--ffn 688]
 //!     [--vocab 2048] [--kv-heads 2] [--batch 4] [--seq 128] [--steps 10] [--warmup 3] [--json OUT.json]
-//!     [--threads N] [--only NAME,NAME] [--units UNITS.json]
+//!     [--threads N] [--only NAME,NAME] [--units UNITS.json] [--prompt N]
 //! ```
+//! `--prompt N` labels the first N positions of every row -100, as instruction data
+//! masks its prompts (the loss then counts `seq - N` positions a row).
 //! `--units` names the MLP units the split and mask rows train (a JSON list, per block,
 //! of unit indices: what `examples/bench_vs_pytorch.py` hands PyTorch too); `--only`
 //! keeps the configurations whose names start with one of the given names.
@@ -37,6 +39,8 @@ struct Args {
     threads: Option<usize>,
     only: Vec<String>,
     units: Option<Vec<Vec<usize>>>,
+    /// Positions of every row whose label is ignored (a prompt).
+    prompt: usize,
 }
 
 fn parse() -> Args {
@@ -54,6 +58,7 @@ fn parse() -> Args {
         threads: None,
         only: vec![],
         units: None,
+        prompt: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -72,6 +77,7 @@ fn parse() -> Args {
             "--warmup" => a.warmup = n(),
             "--json" => a.json = Some(PathBuf::from(v)),
             "--threads" => a.threads = Some(n()),
+            "--prompt" => a.prompt = n(),
             "--only" => a.only = v.split(',').map(str::to_string).collect(),
             "--units" => {
                 let text = std::fs::read_to_string(v).unwrap_or_else(|e| panic!("--units {v}: {e}"));
@@ -153,10 +159,8 @@ fn batch(a: &Args, seed: u64) -> Vec<(&'static str, HostTensor)> {
             ((s >> 33) % a.vocab as u64) as i64
         })
         .collect();
-    vec![
-        ("input_ids", HostTensor::i64(&[a.batch, a.seq], ids.clone())),
-        ("labels", HostTensor::i64(&[a.batch, a.seq], ids)),
-    ]
+    let labels = ids.iter().enumerate().map(|(i, &t)| if i % a.seq < a.prompt { -100 } else { t }).collect();
+    vec![("input_ids", HostTensor::i64(&[a.batch, a.seq], ids)), ("labels", HostTensor::i64(&[a.batch, a.seq], labels))]
 }
 
 fn peak_rss_mb() -> f64 {
@@ -282,6 +286,10 @@ fn main() {
         );
         rows.push(row);
     }
+    if rows.is_empty() {
+        eprintln!("--only {}: no configuration's name starts with that", a.only.join(","));
+        std::process::exit(2);
+    }
     let full = rows[0]["step_ms_median"].as_f64().unwrap();
     let full_state = rows[0]["optimizer_state_bytes"].as_f64().unwrap();
     let full_mem = rows[0]["peak_rss_mb"].as_f64().unwrap();
@@ -320,6 +328,7 @@ fn child_args(a: &Args) -> Vec<String> {
         ("--warmup", a.warmup),
         ("--vocab", a.vocab),
         ("--threads", threads),
+        ("--prompt", a.prompt),
     ]
     .iter()
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])
@@ -341,12 +350,14 @@ fn parse_child(rest: &[String]) -> Args {
         threads: None,
         only: vec![],
         units: None,
+        prompt: 0,
     };
     for pair in rest.chunks(2) {
         let v: usize = pair[1].parse().unwrap();
         match pair[0].as_str() {
             "--batch" => a.batch = v,
             "--seq" => a.seq = v,
+            "--prompt" => a.prompt = v,
             "--steps" => a.steps = v,
             "--warmup" => a.warmup = v,
             "--vocab" => a.vocab = v,

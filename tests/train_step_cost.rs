@@ -57,3 +57,102 @@ fn no_value_of_a_step_has_a_split_weight_s_shape_and_no_index_grows_with_the_bat
         }
     }
 }
+
+/// Prompt and padding positions cost nothing in the LM head: with 6 of 21 positions
+/// counted, no value of the step holds vocabulary scores for more rows than that, and
+/// the loss is still the mean over the counted positions of the full logits.
+#[test]
+fn the_lm_head_and_its_gradient_run_on_the_counted_positions_only() {
+    const VOCAB: usize = 128;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = compiled(tmp.path(), "mlp-unit");
+    let mut batch = random_lm_batch(7, ROWS, LEN);
+    let HostTensor::I64(ids) = batch[0].1.clone() else { panic!("input_ids are INT64") };
+    // A prompt of 5 tokens per row: labels 5 and 6 count (predicted at positions 4, 5).
+    let labels: Vec<i64> = ids.iter().enumerate().map(|(i, &t)| if i % LEN < 5 { -100 } else { t }).collect();
+    let counted = ROWS * 2;
+    batch[1] = ("labels", HostTensor::i64(&[ROWS, LEN], labels.clone()));
+
+    let values = every_value_of_a_step(&dir, &batch);
+    let scores: Vec<&Probed> = values
+        .iter()
+        .filter(|v| matches!(v.value, HostTensor::F32(_)) && v.value.shape().len() >= 2)
+        .filter(|v| v.value.shape().last() == Some(&VOCAB))
+        .collect();
+    assert!(!scores.is_empty(), "no value of the step has the vocabulary's width");
+    for v in &scores {
+        let rows: usize = v.value.shape().iter().rev().skip(1).product();
+        assert!(rows <= counted, "{} ({}, pass {:?}) has {rows} rows of vocabulary scores", v.name, v.op, v.pass);
+    }
+    assert!(scores.iter().any(|v| v.op == "MatMul" && v.value.shape() == [counted, VOCAB]));
+
+    // The loss against the mean negative log-likelihood of the full logits.
+    let plan = neft::artifact::Plan::load(&dir.join("plan.json")).unwrap();
+    let state = load_state(&dir.join("state.safetensors"));
+    let logits = eval_output(&dir, &state, &batch, "logits");
+    let mut nll = 0.0f64;
+    for r in 0..ROWS {
+        for t in 0..LEN - 1 {
+            let label = labels[r * LEN + t + 1];
+            if label == -100 {
+                continue;
+            }
+            let row = &logits[(r * LEN + t) * VOCAB..(r * LEN + t + 1) * VOCAB];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            nll += lse - row[label as usize] as f64;
+        }
+    }
+    let expected = nll / counted as f64;
+    let eval_loss = eval_output(&dir, &state, &batch, &plan.loss.loss)[0] as f64;
+    let step_loss = values
+        .iter()
+        .find(|v| v.name == plan.loss.loss)
+        .unwrap()
+        .value
+        .as_f32()
+        .unwrap()
+        .iter()
+        .next()
+        .copied()
+        .unwrap() as f64;
+    for (what, got) in [("eval graph", eval_loss), ("train step", step_loss)] {
+        assert!((got - expected).abs() <= 1e-5 * expected, "{what}: loss {got} against {expected} from the logits");
+    }
+}
+
+/// A batch whose every label is ignored trains nothing and says so with a zero loss,
+/// not an error: the head's product then has no rows.
+#[test]
+fn a_batch_without_counted_positions_gives_a_zero_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = compiled(tmp.path(), "mlp-unit");
+    let mut batch = random_lm_batch(3, ROWS, LEN);
+    batch[1] = ("labels", HostTensor::i64(&[ROWS, LEN], vec![-100; ROWS * LEN]));
+    let values = every_value_of_a_step(&dir, &batch);
+    let plan = neft::artifact::Plan::load(&dir.join("plan.json")).unwrap();
+    let loss = values
+        .iter()
+        .find(|v| v.name == plan.loss.loss)
+        .unwrap()
+        .value
+        .as_f32()
+        .unwrap()
+        .iter()
+        .next()
+        .copied()
+        .unwrap();
+    assert_eq!(loss, 0.0);
+    let norm = values
+        .iter()
+        .find(|v| v.name == plan.io.grad_norm)
+        .unwrap()
+        .value
+        .as_f32()
+        .unwrap()
+        .iter()
+        .next()
+        .copied()
+        .unwrap();
+    assert_eq!(norm, 0.0);
+}

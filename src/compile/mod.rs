@@ -11,7 +11,7 @@ use crate::ir::Graph;
 use crate::onnx::make::value_info_unshaped;
 use crate::onnx::{DataType, Model};
 use crate::optim::{self, Optimizer, OptimizerIo, Param};
-use crate::passes::append_loss::append_loss;
+use crate::passes::append_loss::{append_loss, append_loss_training};
 use crate::passes::lora::lora;
 use crate::passes::mask_params::{self, mask_params};
 use crate::passes::split_rows::split_rows;
@@ -157,7 +157,7 @@ fn build(
     opts: &CompileOptions,
 ) -> anyhow::Result<Built> {
     let model_outputs = graph.outputs().to_vec();
-    let loss = append_loss(&mut graph, &opts.loss)?;
+    let loss = append_loss_training(&mut graph, &opts.loss, &|w| neurons.layers.contains_key(w))?;
     let params = match opts.mode {
         Mode::Split => split_rows(&mut graph, layers, neurons)?,
         Mode::Mask => mask_params(&mut graph, layers, neurons)?,

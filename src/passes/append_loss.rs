@@ -9,6 +9,12 @@
 //! cross-entropy: `labels [batch]`, one class per row (-100 ignored), the mean over
 //! counted rows, and a count of the rows predicted right (for the accuracy). Built from LogSoftmax + GatherElements + a masked mean:
 //! ONNX Runtime's CUDA provider has no SoftmaxCrossEntropyLoss kernel.
+//!
+//! When the model's logits are `MatMul(hidden, W)` with a frozen `W` (an LM head),
+//! the causal-LM loss does not read them: it gathers the hidden rows of the counted
+//! positions and multiplies only those by `W`. Prompt and padding positions (often
+//! more than half of an instruction batch) then cost nothing in the head's product,
+//! the log-softmax or their gradients. The `logits` output itself is unchanged.
 
 use super::{refuse, PassError};
 use crate::ir::{attr, Graph};
@@ -16,7 +22,18 @@ use crate::onnx::make::{self, declared, DimSpec};
 use crate::onnx::DataType;
 pub use crate::types::{LossInfo, LossSpec, IGNORE_INDEX};
 
+/// [`append_loss_training`] with every weight frozen.
 pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassError> {
+    append_loss_training(graph, spec, &|_| false)
+}
+
+/// Appends the loss; `is_trained` names the weights a later pass makes trainable (an
+/// LM head among them keeps the loss on the full logits).
+pub fn append_loss_training(
+    graph: &mut Graph,
+    spec: &LossSpec,
+    is_trained: &dyn Fn(&str) -> bool,
+) -> Result<LossInfo, PassError> {
     let outputs: Vec<(String, Option<Vec<DimSpec>>)> =
         graph.outputs().iter().map(|o| (o.name().to_string(), declared(o).and_then(|d| d.1))).collect();
     let names: Vec<&str> = outputs.iter().map(|o| o.0.as_str()).collect();
@@ -53,7 +70,7 @@ pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassE
             let rank = outputs.iter().find(|(n, _)| n == *logits).and_then(|(_, s)| s.as_ref()).map(Vec::len);
             match rank {
                 Some(2) => sequence_classification(graph, logits),
-                _ => causal_lm(graph, logits),
+                _ => causal_lm(graph, logits, is_trained),
             }
         }
         LossSpec::CausalLm => {
@@ -63,7 +80,7 @@ pub fn append_loss(graph: &mut Graph, spec: &LossSpec) -> Result<LossInfo, PassE
                     format!("--loss causal-lm needs an output named 'logits' (outputs: {})", names.join(", ")),
                 )
             })?;
-            causal_lm(graph, logits)
+            causal_lm(graph, logits, is_trained)
         }
     }
 }
@@ -77,7 +94,7 @@ fn add_labels(graph: &mut Graph, dims: &[DimSpec]) -> Result<(), PassError> {
     Ok(())
 }
 
-fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
+fn causal_lm(graph: &mut Graph, logits: &str, is_trained: &dyn Fn(&str) -> bool) -> Result<LossInfo, PassError> {
     add_labels(graph, &["batch".into(), "seq".into()])?;
     graph.set_pass(Some("loss"));
     let g = graph;
@@ -94,9 +111,84 @@ fn causal_lm(graph: &mut Graph, logits: &str) -> Result<LossInfo, PassError> {
     let fill = make::tensor_i64("value", &[1], &[IGNORE_INDEX]);
     let last = g.add1("ConstantOfShape", &[&shape], vec![attr::tensor("value", fill)], "last_column")?;
     let lb = g.add1("Concat", &[&next, &last], vec![attr::int("axis", 1)], "shift_labels")?;
-    let (loss, count) = masked_mean_nll(g, logits, &lb)?;
+    let (loss, count) = match frozen_head(g, logits, is_trained) {
+        Some(head) => counted_rows_nll(g, &head, &lb)?,
+        None => masked_mean_nll(g, logits, &lb)?,
+    };
     g.set_pass(None);
     Ok(LossInfo { loss, kind: "causal-lm".into(), labels: Some("labels".into()), tokens: Some(count), correct: None })
+}
+
+/// An LM head: `logits = MatMul(hidden, weight)` with a frozen matrix.
+struct Head {
+    hidden: String,
+    /// The MatMul's second input (the matrix, or a Transpose of it).
+    weight: String,
+    /// The hidden size (rows of the product's matrix).
+    width: i64,
+    /// A frozen vector added to the product (a head with a bias).
+    bias: Option<String>,
+}
+
+/// The head producing `logits` (through Identity nodes), if it is a product with a
+/// frozen rank-2 initializer, used as is or through `Transpose`, plus at most one
+/// frozen bias vector.
+fn frozen_head(g: &Graph, logits: &str, is_trained: &dyn Fn(&str) -> bool) -> Option<Head> {
+    let frozen = |n: &str, rank: usize| g.initializer(n).filter(|t| t.dims.len() == rank && !is_trained(n));
+    let mut name = logits.to_string();
+    let mut bias = None;
+    let op = loop {
+        let op = g.op(g.producer(&name)?.0)?;
+        match op.op_type() {
+            "Identity" => name = op.input.first()?.clone(),
+            "Add" if bias.is_none() && op.input.len() == 2 => {
+                let b = op.input.iter().position(|i| frozen(i, 1).is_some())?;
+                bias = Some(op.input[b].clone());
+                name = op.input[1 - b].clone();
+            }
+            "MatMul" => break op,
+            _ => return None,
+        }
+    };
+    let (hidden, weight) = (op.input.first()?, op.input.get(1)?);
+    let matrix = |n: &str| frozen(n, 2);
+    let width = match matrix(weight) {
+        Some(t) => t.dims[0],
+        None => {
+            let t = g.op(g.producer(weight)?.0)?;
+            let perm = t.attribute.iter().find(|a| a.name() == "perm").map(|a| a.ints.clone());
+            let plain = perm.as_deref().is_none_or(|p| p == [1, 0]);
+            if t.op_type() != "Transpose" || !plain {
+                return None;
+            }
+            matrix(t.input.first()?)?.dims[1]
+        }
+    };
+    if g.initializer(hidden).is_some() {
+        return None;
+    }
+    Some(Head { hidden: hidden.clone(), weight: weight.clone(), width, bias })
+}
+
+/// The causal-LM loss on the head's product of the counted positions' hidden rows
+/// only (`lb`: labels already shifted to the positions that predict them).
+fn counted_rows_nll(g: &mut Graph, head: &Head, lb: &str) -> Result<(String, String), PassError> {
+    let flat = g.const_i64s("flat", &[-1]);
+    let labels = g.add1("Reshape", &[lb, &flat], vec![], "flat_labels")?;
+    let ignore = g.const_i64("ignore_index", IGNORE_INDEX);
+    let ignored = g.add1("Equal", &[&labels, &ignore], vec![], "ignored_position")?;
+    let counted = g.add1("Not", &[&ignored], vec![], "counted_position")?;
+    let rows = g.add1("NonZero", &[&counted], vec![], "counted_rows")?;
+    let rows = g.add1("Reshape", &[&rows, &flat], vec![], "counted_rows")?;
+    let width = g.const_i64s("hidden_rows_shape", &[-1, head.width]);
+    let hidden = g.add1("Reshape", &[&head.hidden, &width], vec![], "hidden_rows")?;
+    let hidden = g.add1("Gather", &[&hidden, &rows], vec![attr::int("axis", 0)], "counted_hidden")?;
+    let mut logits = g.add1("MatMul", &[&hidden, &head.weight], vec![], "counted_logits")?;
+    if let Some(bias) = &head.bias {
+        logits = g.add1("Add", &[&logits, bias], vec![], "counted_logits")?;
+    }
+    let labels = g.add1("Gather", &[&labels, &rows], vec![attr::int("axis", 0)], "counted_labels")?;
+    masked_mean_nll(g, &logits, &labels)
 }
 
 /// Rank-2 logits `[batch, classes]`: labels `[batch]`, one class per row.
