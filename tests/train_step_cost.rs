@@ -105,17 +105,7 @@ fn the_lm_head_and_its_gradient_run_on_the_counted_positions_only() {
     }
     let expected = nll / counted as f64;
     let eval_loss = eval_output(&dir, &state, &batch, &plan.loss.loss)[0] as f64;
-    let step_loss = values
-        .iter()
-        .find(|v| v.name == plan.loss.loss)
-        .unwrap()
-        .value
-        .as_f32()
-        .unwrap()
-        .iter()
-        .next()
-        .copied()
-        .unwrap() as f64;
+    let step_loss = scalar(&values, &plan.loss.loss) as f64;
     for (what, got) in [("eval graph", eval_loss), ("train step", step_loss)] {
         assert!((got - expected).abs() <= 1e-5 * expected, "{what}: loss {got} against {expected} from the logits");
     }
@@ -131,28 +121,14 @@ fn a_batch_without_counted_positions_gives_a_zero_loss() {
     batch[1] = ("labels", HostTensor::i64(&[ROWS, LEN], vec![-100; ROWS * LEN]));
     let values = every_value_of_a_step(&dir, &batch);
     let plan = neft::artifact::Plan::load(&dir.join("plan.json")).unwrap();
-    let loss = values
-        .iter()
-        .find(|v| v.name == plan.loss.loss)
-        .unwrap()
-        .value
-        .as_f32()
-        .unwrap()
-        .iter()
-        .next()
-        .copied()
-        .unwrap();
+    let loss = scalar(&values, &plan.loss.loss);
     assert_eq!(loss, 0.0);
-    let norm = values
-        .iter()
-        .find(|v| v.name == plan.io.grad_norm)
-        .unwrap()
-        .value
-        .as_f32()
-        .unwrap()
-        .iter()
-        .next()
-        .copied()
-        .unwrap();
+    let norm = scalar(&values, &plan.io.grad_norm);
     assert_eq!(norm, 0.0);
+}
+
+/// The scalar value `name` among the values of a step.
+fn scalar(values: &[Probed], name: &str) -> f32 {
+    let v = values.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("no value {name}"));
+    v.value.as_f32().and_then(|a| a.iter().next().copied()).unwrap_or_else(|| panic!("{name} is not a float"))
 }
