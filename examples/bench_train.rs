@@ -4,8 +4,10 @@
 //! ```text
 //! cargo run --release --example bench_train -- [--layers 4] [--hidden 256] [--ffn 688]
 //!     [--vocab 2048] [--kv-heads 2] [--batch 4] [--seq 128] [--steps 10] [--warmup 3] [--json OUT.json]
-//!     [--threads N] [--only NAME,NAME] [--units UNITS.json] [--prompt N]
+//!     [--threads N] [--only NAME,NAME] [--units UNITS.json] [--prompt N] [--keep DIR]
 //! ```
+//! `--keep DIR` writes the model and each configuration's artifacts (`DIR/c0`, ...)
+//! there instead of a temporary folder, and leaves them.
 //! `--prompt N` labels the first N positions of every row -100, as instruction data
 //! masks its prompts (the loss then counts `seq - N` positions a row).
 //! `--units` names the MLP units the split and mask rows train (a JSON list, per block,
@@ -15,13 +17,14 @@
 //! configuration trains in its own child process, so its peak resident memory
 //! (VmHWM) is its own; step times are medians after warm-up.
 
+use neft::artifact::{Plan, State};
 use neft::compile::{compile, CompileOptions, Mode, Unit};
 use neft::models::llama::{build_llama, LlamaConfig, RandomWeights};
 use neft::optim::Optimizer;
 use neft::passes::append_loss::LossSpec;
 use neft::runtime::ort::{HostTensor, SessionOptions};
 use neft::select::{LayerNeurons, NeuronSet};
-use neft::train::TrainSession;
+use neft::train::DeviceTrainer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,6 +44,7 @@ struct Args {
     units: Option<Vec<Vec<usize>>>,
     /// Positions of every row whose label is ignored (a prompt).
     prompt: usize,
+    keep: Option<PathBuf>,
 }
 
 fn parse() -> Args {
@@ -59,6 +63,7 @@ fn parse() -> Args {
         only: vec![],
         units: None,
         prompt: 0,
+        keep: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -76,6 +81,7 @@ fn parse() -> Args {
             "--steps" => a.steps = n(),
             "--warmup" => a.warmup = n(),
             "--json" => a.json = Some(PathBuf::from(v)),
+            "--keep" => a.keep = Some(PathBuf::from(v)),
             "--threads" => a.threads = Some(n()),
             "--prompt" => a.prompt = n(),
             "--only" => a.only = v.split(',').map(str::to_string).collect(),
@@ -179,10 +185,15 @@ fn status_mb(field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Child: train the artifacts in `dir`, print `step_ms...;peak_mb;open_mb;first_step_mb`
-/// (resident memory with both sessions open, and after the first step).
+/// Child: train the artifacts in `dir` as `neft train` does (state kept in ONNX
+/// Runtime's buffers), print `step_ms...;peak_mb;open_mb;first_step_mb` (resident
+/// memory with both sessions open, and after the first step).
 fn child(dir: &Path, a: &Args) {
-    let mut s = TrainSession::open(dir, &SessionOptions { threads: a.threads, ..Default::default() }).unwrap();
+    let plan = Plan::load_dir(dir).unwrap();
+    let state = State::load(&dir.join("state.safetensors")).unwrap();
+    let opts = SessionOptions { threads: a.threads, ..Default::default() };
+    let mut s = DeviceTrainer::new(dir, plan, &state, &opts).unwrap();
+    drop(state);
     let open_mb = status_mb("VmRSS:");
     let mut first_step_mb = 0.0;
     let mut times = vec![];
@@ -214,7 +225,11 @@ fn main() {
         return child(Path::new(&argv[2]), &a);
     }
     let a = parse();
-    let root = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // --keep DIR: the model and each configuration's artifacts stay there (c0, c1, ...),
+    // e.g. for `ort_profile --graph DIR/c0/train_step.onnx`.
+    let root = a.keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("--keep {}: {e}", root.display()));
     let cfg = LlamaConfig {
         vocab_size: a.vocab,
         hidden_size: a.hidden,
@@ -230,7 +245,7 @@ fn main() {
         pad_token_id: None,
         max_position_embeddings: None,
     };
-    let model_path = build_llama(&cfg, &mut RandomWeights::new(1), &root.path().join("model")).unwrap();
+    let model_path = build_llama(&cfg, &mut RandomWeights::new(1), &root.join("model")).unwrap();
     let model = neft::onnx::load(&model_path).unwrap();
     let params: u64 = model.graph().initializer.iter().map(|t| neft::onnx::element_count(&t.dims)).sum();
     eprintln!(
@@ -240,7 +255,7 @@ fn main() {
     let mut rows = vec![];
     let wanted = |c: &Config| a.only.is_empty() || a.only.iter().any(|o| c.name.starts_with(o.as_str()));
     for (i, c) in configs(&model, a.units.as_deref()).into_iter().filter(wanted).enumerate() {
-        let dir = root.path().join(format!("c{i}"));
+        let dir = root.join(format!("c{i}"));
         let opts = CompileOptions {
             mode: c.mode,
             unit: c.unit,
@@ -351,6 +366,7 @@ fn parse_child(rest: &[String]) -> Args {
         only: vec![],
         units: None,
         prompt: 0,
+        keep: None,
     };
     for pair in rest.chunks(2) {
         let v: usize = pair[1].parse().unwrap();
