@@ -180,6 +180,40 @@ fn mlp_units_train_gate_up_and_down_together() {
     );
 }
 
+/// MLP units selected whole: the block stays as exported and gains a trained and a
+/// frozen copy of the selected units, so nothing is placed along the FFN axis, the
+/// model is reproduced exactly before training, and mask mode is followed closely.
+#[test]
+fn whole_mlp_units_add_narrow_copies_and_reproduce_the_model_exactly() {
+    let model = llama();
+    let set = neurons(&[("val_244", 1, vec![3, 10, 17, 40, 63])]);
+    let root = tempfile::tempdir().unwrap();
+    let (split_dir, mask_dir) = (root.path().join("split"), root.path().join("mask"));
+    compile(&model, &set, &options(Mode::Split, Unit::MlpUnit), &split_dir).unwrap();
+    compile(&model, &set, &options(Mode::Mask, Unit::MlpUnit), &mask_dir).unwrap();
+    let step = onnx::load(split_dir.join("train_step.onnx")).unwrap();
+    // The per-layer form would add one-hot [k, ffn] placements and [ffn, k] picks.
+    let ffn_wide: Vec<&str> = step
+        .graph()
+        .initializer
+        .iter()
+        .filter(|t| t.data_type() == onnx::DataType::Float as i32 && t.dims.len() == 2 && t.dims.contains(&5))
+        .map(|t| t.name())
+        .collect();
+    assert!(ffn_wide.is_empty(), "one-hot constants in a whole-unit block: {ffn_wide:?}");
+
+    let mut split = TrainSession::open(&split_dir, &opts()).unwrap();
+    let mut mask = TrainSession::open(&mask_dir, &opts()).unwrap();
+    // Untrained rows: the correction is a difference of two equal products, zero exactly.
+    let (a, b) = (split.eval(&batch(5)).unwrap(), mask.eval(&batch(5)).unwrap());
+    assert_eq!(a.to_bits(), b.to_bits(), "split {a}, mask {b}");
+    let (a, b) = (train(&mut split, 12), train(&mut mask, 12));
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "step {k}: split {x}, mask {y}");
+    }
+    assert!(a[11] < a[0] - 0.01, "the loss should fall: {} -> {}", a[0], a[11]);
+}
+
 #[test]
 fn the_eval_graph_with_untrained_rows_reproduces_the_model() {
     let model = llama();

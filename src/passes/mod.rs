@@ -1,13 +1,15 @@
 //! Graph rewrites, one per file, each labelling the nodes it adds (`neft.pass`
 //! metadata) so `neft inspect` can say which pass did what.
 //!
-//! Order in `neft-compile`: [`append_loss`] → [`split_rows`] (or [`mask_params`], or
-//! [`lora`]) → autodiff → optimizer → dead-node elimination.
+//! Order in `neft-compile`: [`append_loss`] → [`split_rows`] (whole MLP units through
+//! `unit_blocks`; or [`mask_params`], or [`lora`]) → autodiff → optimizer → dead-node
+//! elimination.
 
 pub mod append_loss;
 pub mod lora;
 pub mod mask_params;
 pub mod split_rows;
+mod unit_blocks;
 
 use crate::ir::IrError;
 

@@ -19,24 +19,39 @@
 //!   selected inputs; `W[S, :]` is a constant gather that ONNX Runtime folds once.
 //!
 //! The one-hot constants cost `k × out` floats per layer (51 MB for 6% of SmolLM2's
-//! MLP units), read-only beside the frozen weights.
+//! MLP units), read-only beside the frozen weights. MLP blocks whose units are
+//! selected whole skip both forms: see [`super::unit_blocks`].
 
-use super::{refuse, PassError};
+use super::{refuse, unit_blocks, PassError};
 use crate::analyze::{Layer, LayerKind};
 use crate::ir::{attr, Graph, NodeIndex};
 use crate::onnx::make::{self, DimSpec};
 use crate::onnx::DataType;
 use crate::types::NeuronSet;
 pub use crate::types::Trainable;
+use std::collections::HashMap;
 
 const PASS: &str = "split_rows";
 
 /// Rewrites every selected layer; returns the new parameters (weights, then biases).
 pub fn split_rows(graph: &mut Graph, layers: &[Layer], neurons: &NeuronSet) -> Result<Vec<Trainable>, PassError> {
     graph.set_pass(Some(PASS));
+    let selected = super::selected_layers(PASS, layers, neurons)?;
+    // MLP blocks whose units are selected whole first; the parameters keep the order
+    // of the selection either way.
+    let mut by_weight: HashMap<String, Trainable> = HashMap::new();
+    for (down, sel) in &selected {
+        if let Some(block) = unit_blocks::find(PASS, graph, &selected, down, sel) {
+            if block.weights().all(|w| !by_weight.contains_key(w)) {
+                by_weight.extend(unit_blocks::rewrite(graph, &block)?.into_iter().map(|t| (t.source.clone(), t)));
+            }
+        }
+    }
     let mut out = vec![];
-    for (layer, sel) in super::selected_layers(PASS, layers, neurons)? {
-        if sel.axis != layer.axis {
+    for (layer, sel) in selected {
+        if let Some(t) = by_weight.remove(&layer.weight) {
+            out.push(t);
+        } else if sel.axis != layer.axis {
             out.push(split_input_rows(graph, layer, &sel.rows)?);
         } else {
             out.extend(split_layer(graph, layer, &sel.rows)?);
