@@ -14,7 +14,7 @@ use neft::autodiff::{grad, grad_with_seeds, AutodiffError, GradOptions};
 use neft::ir::{attr, Graph};
 use neft::onnx::make;
 use neft::onnx::proto::tensor_proto::DataType;
-use neft::onnx::proto::ModelProto;
+use neft::onnx::proto::{GraphProto, ModelProto};
 use neft::runtime::ort::HostTensor;
 use neft::runtime::tract::Dim;
 use support::build::{self, Decoder};
@@ -373,4 +373,41 @@ fn opset_is_raised_when_safe() {
     assert!(got.iter().zip([5.0 / 3.0, 7.0 / 3.0, 3.0]).all(|(a, b)| (a - b).abs() < 1e-12), "{got:?}");
     let err = grad(&graph, "loss", &["w".to_string()], &GradOptions { opset: 11, ..Default::default() }).unwrap_err();
     assert!(matches!(err, AutodiffError::Opset { .. }) && err.to_string().contains("11"), "{err}");
+}
+
+/// The NLL shape, `GatherElements(LogSoftmax(x), idx)`, takes the sparse LogSoftmax
+/// gradient (a scatter onto −exp(y)·ΣdY, no zero tensor of x's size): every entry
+/// against finite differences, along either axis, with the gathered indices covering
+/// only part of x's other axis, repeated indices, and a weighted sum as the loss.
+#[test]
+fn gathered_log_softmax_gradient_matches_finite_differences() {
+    for (axis, idx_dims, idx) in [(1i64, [2usize, 2], vec![4i64, 0, 1, 1]), (0, [2, 3], vec![2, 0, 1, 0, 0, 2])] {
+        let mut rng = Rng(20 + axis as u64);
+        let n = idx_dims[0] * idx_dims[1];
+        let dims = [idx_dims[0] as i64, idx_dims[1] as i64];
+        let graph = GraphProto {
+            node: vec![
+                make::node("LogSoftmax", &["x"], &["lp"], vec![attr::int("axis", axis)]),
+                make::node("GatherElements", &["lp", "idx"], &["picked"], vec![attr::int("axis", axis)]),
+                make::node("Mul", &["picked", "w"], &["weighted"], vec![]),
+                make::node("ReduceSum", &["weighted"], &["loss"], vec![attr::int("keepdims", 0)]),
+            ],
+            initializer: vec![
+                make::tensor_i64("idx", &dims, &idx),
+                make::tensor_f64("w", &dims, &rng.vec(n, -1.0, 1.0)),
+            ],
+            input: vec![make::value_info("x", DataType::Double, &[3.into(), 5.into()])],
+            output: vec![make::value_info("loss", DataType::Double, &[])],
+            ..Default::default()
+        };
+        let model = make::model(graph, 18);
+        let loss = "loss";
+        let feeds = vec![("x".to_string(), float_tensor(DataType::Double, &[3, 5], &rng.vec(15, -2.0, 2.0)))];
+        let c = grad_and_check(&model, &feeds, &loss, &["x".to_string()], &pick(usize::MAX, 0), 1e-6, 1e-6);
+        assert_close(&c, &format!("axis {axis}"));
+        assert_eq!(c.entries, 15);
+        let grad_graph = c.grad_model.graph.as_ref().unwrap();
+        let subs = grad_graph.node.iter().filter(|n| n.op_type() == "Sub").count();
+        assert_eq!(subs, 0, "axis {axis}: the dense LogSoftmax gradient was emitted");
+    }
 }

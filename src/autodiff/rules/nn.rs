@@ -41,11 +41,64 @@ fn log_softmax(c: &mut Ctx) -> R<Grads> {
     let axis = c.attr_int("axis", -1);
     let g = c.dy_exact(0)?;
     Ok(vec![c.when(0, |c| {
+        if let Some((idx, updates)) = scattered_into_zeros(c, &g.name, axis) {
+            return sparse_log_softmax_grad(c, &y, axis, &idx, &updates, g.scale);
+        }
         let s = c.reduce_sum(&g.name, &[axis], true)?;
         let p = c.unary("Exp", &y)?;
         let ps = c.mul(&p, &s)?;
         difference(c, g.scale, &g.name, &ps)
     })?])
+}
+
+/// dY is a few values scattered into zeros (a gathered log-probability: the NLL):
+/// dX = scatter_add(exp(Y)·(-ΣdY), idx, updates). Three passes over X's size
+/// (Exp, Mul, the scatter's copy) instead of six, and no zero tensor of that size.
+/// ΣdY along the axis is itself a scatter, of the updates into zeros one element wide
+/// at index 0: exact whatever part of X the updates cover.
+fn sparse_log_softmax_grad(c: &mut Ctx, y: &str, axis: i64, idx: &str, updates: &str, scale: f64) -> R<G> {
+    let rank = c.rank(y)? as i64;
+    let axis = (axis + rank) % rank;
+    let mut parts = vec![];
+    if axis > 0 {
+        parts.push(c.op("Shape", &[y], vec![attr::int("end", axis)])?);
+    }
+    parts.push(c.ints(&[1])?);
+    if axis + 1 < rank {
+        parts.push(c.op("Shape", &[y], vec![attr::int("start", axis + 1)])?);
+    }
+    let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let row_shape = c.op("Concat", &refs, vec![attr::int("axis", 0)])?;
+    let dtype = c.dtype(y)?;
+    let row_zeros = c.zeros(&row_shape, dtype)?;
+    let idx_shape = c.shape_of(idx)?;
+    let first = c.zeros(&idx_shape, crate::onnx::DataType::Int64 as i32)?;
+    let add = |axis| vec![attr::string("reduction", "add"), attr::int("axis", axis)];
+    let total = c.op("ScatterElements", &[&row_zeros, &first, updates], add(axis))?;
+    let minus_total = c.neg(&total)?;
+    let p = c.unary("Exp", y)?;
+    let start = c.mul(&p, &minus_total)?;
+    let name = c.op("ScatterElements", &[&start, idx, updates], add(axis))?;
+    Ok(G { name, scale, bshape: None })
+}
+
+/// `(indices, updates)` when `g` is `ScatterElements(zeros, indices, updates)` along
+/// `axis` with `reduction="add"` into a `ConstantOfShape` of 0.
+fn scattered_into_zeros(c: &Ctx, g: &str, axis: i64) -> Option<(String, String)> {
+    let (n, _) = c.graph.producer(g)?;
+    let scatter = c.graph.op(n)?;
+    let scatter_axis = scatter.attribute.iter().find(|a| a.name() == "axis").and_then(|a| a.i).unwrap_or(0);
+    let reduction = scatter.attribute.iter().find(|a| a.name() == "reduction").map(|a| a.s().to_vec());
+    let rank = c.rank(g).ok()? as i64;
+    let same_axis = (scatter_axis + rank) % rank == (axis + rank) % rank;
+    if scatter.op_type() != "ScatterElements" || !same_axis || reduction.as_deref() != Some(b"add") {
+        return None;
+    }
+    let (z, _) = c.graph.producer(&scatter.input[0])?;
+    let zeros = c.graph.op(z)?;
+    let value = zeros.attribute.iter().find(|a| a.name() == "value").and_then(|a| a.t.as_ref());
+    let zero = value.is_some_and(|t| t.raw_data.as_deref().is_some_and(|r| r.iter().all(|&b| b == 0)));
+    (zeros.op_type() == "ConstantOfShape" && zero).then(|| (scatter.input[1].clone(), scatter.input[2].clone()))
 }
 
 /// With x̂ = (X - mean)·r, r = 1/√(var + ε) over the normalized axes and g = dY·scale:
