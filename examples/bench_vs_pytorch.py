@@ -3,6 +3,7 @@
 
     python3 examples/bench_vs_pytorch.py [--shapes 4x64,8x128] [--steps 5] [--warmup 2]
         [--threads 2] [--fraction 0.06] [--seed 0]
+    python3 examples/bench_vs_pytorch.py --matmuls [--threads 2]
 
 The model is SmolLM2-135M's shape (Llama: 30 layers, hidden 576, MLP 1536, 9 query and 3
 key/value heads, vocabulary 49,152, tied embeddings) with random weights: step time and
@@ -109,6 +110,45 @@ def child(args):
     print(json.dumps({"config": args.child, "trainable": trainable, "times": times, "peak_mb": peak_rss_mb()}))
 
 
+MATMUL_SHAPES = [(576, 1536), (1536, 576), (576, 576), (576, 49152)]
+
+
+def torch_matmul_rates(threads, rows=256, reps=30):
+    """Child: PyTorch's GFLOP/s for X·W and X·Wᵀ at each shape; prints one JSON line."""
+    import torch
+
+    torch.set_num_threads(threads)
+    out = []
+    for k, n in MATMUL_SHAPES:
+        x = torch.randn(rows, k)
+        rates = []
+        for w in (torch.randn(k, n), torch.randn(n, k).t()):
+            times = []
+            for i in range(reps + 3):
+                t = time.perf_counter()
+                x @ w
+                if i >= 3:
+                    times.append(time.perf_counter() - t)
+            rates.append(2 * rows * k * n / statistics.median(times) / 1e9)
+        out.append(rates)
+    print(json.dumps(out))
+
+
+def matmul_rates(python, threads):
+    """The floor under a step's products: PyTorch's and ONNX Runtime's rates, one table."""
+    cmd = [python, os.path.abspath(__file__), "--child", "matmuls", "--threads", str(threads)]
+    torch_rates = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
+    cmd = ["cargo", "run", "--quiet", "--release", "--example", "matmul_rate", "--", "--threads", str(threads)]
+    ort_table = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    ort_rows = [line for line in ort_table.splitlines() if line.startswith("| [")]
+    print(f"256 rows, {threads} threads, GFLOP/s (median of 30)\n")
+    print("| product | PyTorch X·W | PyTorch X·Wᵀ | ONNX Runtime X·W | ONNX Runtime X·Wᵀ |")
+    print("|---|---:|---:|---:|---:|")
+    for (t_plain, t_trans), row in zip(torch_rates, ort_rows):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        print(f"| {cells[0]} | {t_plain:.0f} | {t_trans:.0f} | {cells[1]} | {cells[2]} |")
+
+
 def run_pytorch(python, config, args, batch, seq, units):
     cmd = [python, os.path.abspath(__file__), "--child", config, "--units", units, "--batch", str(batch)]
     cmd += ["--seq", str(seq), "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
@@ -148,11 +188,17 @@ def main():
     ap.add_argument("--units")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq", type=int)
+    ap.add_argument("--matmuls", action="store_true",
+                    help="only the rate of single matrix products, PyTorch beside ONNX Runtime (examples/matmul_rate.rs)")
     args = ap.parse_args()
+    if args.child == "matmuls":
+        return torch_matmul_rates(args.threads)
     if args.child:
         return child(args)
 
     python = venv_python()
+    if args.matmuls:
+        return matmul_rates(python, args.threads)
     tmp = os.path.join(ROOT, "target", "bench_vs_pytorch")
     os.makedirs(tmp, exist_ok=True)
     rng = random.Random(args.seed)
