@@ -196,3 +196,20 @@ pub struct Trainable {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraFactor>,
 }
+
+impl Trainable {
+    /// Split mode's parameter `name`: the slices `rows` of `source` along `axis`.
+    pub fn rows_of(name: &str, shape: Vec<i64>, source: &str, axis: usize, rows: &[usize]) -> Trainable {
+        Trainable {
+            name: name.to_string(),
+            shape,
+            source: source.to_string(),
+            axis,
+            rows: rows.to_vec(),
+            mask: None,
+            role: String::new(),
+            source_rows: 0,
+            lora: None,
+        }
+    }
+}

@@ -7,4 +7,4 @@ mod layers;
 mod structure;
 
 pub use layers::{find_layers, Layer, LayerKind, WeightSource};
-pub use structure::{analyze_structure, MlpUnits, Role, Structure};
+pub use structure::{analyze_structure, MlpUnits, Role, Structure, ELEMENTWISE};

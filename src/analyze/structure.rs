@@ -36,9 +36,9 @@ pub struct MlpUnits {
     pub units: usize,
 }
 
-/// Ops a trace may pass through: data movement and elementwise arithmetic, the glue
-/// between layers in attention and MLP blocks.
-const GLUE: &[&str] = &[
+/// Ops that compute each element from the same element of their inputs (and from
+/// broadcast operands): what may sit between the products of an MLP unit.
+pub const ELEMENTWISE: &[&str] = &[
     "Add",
     "Sub",
     "Mul",
@@ -53,23 +53,30 @@ const GLUE: &[&str] = &[
     "Softplus",
     "Pow",
     "Sqrt",
+    "Exp",
+    "Abs",
+    "Reciprocal",
+    "LeakyRelu",
+    "Elu",
+    "HardSigmoid",
+    "HardSwish",
     "Cast",
     "Identity",
-    "Reshape",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Slice",
-    "Concat",
-    "Expand",
     "Where",
-    "Split",
     "Cos",
     "Sin",
     "Max",
     "Min",
     "IsNaN",
 ];
+/// Ops that only move data.
+const MOVEMENT: &[&str] = &["Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Concat", "Expand", "Split"];
+
+/// Ops a trace may pass through: data movement and elementwise arithmetic, the glue
+/// between layers in attention and MLP blocks.
+fn is_glue(op: &str) -> bool {
+    ELEMENTWISE.contains(&op) || MOVEMENT.contains(&op)
+}
 const ACTIVATIONS: &[&str] = &["Sigmoid", "Tanh", "Relu", "Erf", "Gelu", "Silu", "Softplus"];
 const MAX_DEPTH: usize = 48;
 
@@ -207,7 +214,7 @@ fn attention(
 /// The layers whose outputs flow into `value` through glue ops only.
 fn sources<'a>(graph: &Graph, value: &str, by_output: &HashMap<String, &'a Layer>) -> Vec<&'a Layer> {
     trace_layers(graph, value, by_output, |op| {
-        if GLUE.contains(&op.op_type()) {
+        if is_glue(op.op_type()) {
             op.input.iter().filter(|i| !i.is_empty()).cloned().collect()
         } else {
             vec![]
@@ -276,7 +283,7 @@ fn find_back(graph: &Graph, value: &str, want: impl Fn(&str) -> bool) -> Option<
         if want(op.op_type()) {
             return Some(idx);
         }
-        if !GLUE.contains(&op.op_type()) {
+        if !is_glue(op.op_type()) {
             return None;
         }
         // Follow the first floating-point-looking input: the data path of Add/Where/Mul.
@@ -303,7 +310,7 @@ fn find_forward(graph: &Graph, value: &str, want: impl Fn(&str) -> bool) -> Opti
                 if want(op.op_type()) {
                     return Some(n);
                 }
-                if GLUE.contains(&op.op_type()) {
+                if is_glue(op.op_type()) {
                     next.extend(op.output.iter().cloned());
                 }
             }
@@ -352,7 +359,7 @@ fn reaches_output(graph: &Graph, value: &str, outputs: &HashSet<&str>) -> bool {
         let consumers = graph.consumers(&v);
         let [(n, _)] = consumers.as_slice() else { return false };
         let Some(op) = graph.op(*n) else { return false };
-        if !GLUE.contains(&op.op_type()) {
+        if !is_glue(op.op_type()) {
             return false;
         }
         v = op.output[0].clone();

@@ -88,3 +88,13 @@ pub(crate) fn weight_uses(
     }
     Ok(users.into_iter().map(|(n, _)| n).collect())
 }
+
+/// Every reader of `y` (graph outputs included) reads `y + change` instead: the sum
+/// takes over the name `y`, the old value gets a fresh `<y>.frozen`.
+pub(crate) fn add_to_value(graph: &mut crate::ir::Graph, y: &str, change: &str) -> Result<(), PassError> {
+    let frozen = graph.fresh_name(&format!("{y}.frozen"));
+    graph.rename_value(y, &frozen)?;
+    let sum = graph.add_op(crate::onnx::make::node("Add", &[&frozen, change], &[y], vec![]))?;
+    graph.replace_uses(&frozen, y, &[sum])?;
+    Ok(())
+}

@@ -70,33 +70,13 @@ fn split_layer(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<Vec<T
     let rows_name = format!("{w}.rows");
     let dims: Vec<DimSpec> = shape.iter().map(|&d| d.into()).collect();
     graph.add_input(make::value_info(&rows_name, DataType::Float, &dims))?;
-    let mut params = vec![Trainable {
-        name: rows_name.clone(),
-        shape,
-        source: w.clone(),
-        axis: layer.axis,
-        rows: rows.to_vec(),
-        mask: None,
-        role: String::new(),
-        source_rows: 0,
-        lora: None,
-    }];
+    let mut params = vec![Trainable::rows_of(&rows_name, shape, w, layer.axis, rows)];
 
     let bias_rows = match &layer.bias {
         Some(b) => {
             let name = format!("{b}.rows");
             graph.add_input(make::value_info(&name, DataType::Float, &[k.into()]))?;
-            params.push(Trainable {
-                name: name.clone(),
-                shape: vec![k],
-                source: b.clone(),
-                axis: 0,
-                rows: rows.to_vec(),
-                mask: None,
-                role: String::new(),
-                source_rows: 0,
-                lora: None,
-            });
+            params.push(Trainable::rows_of(&name, vec![k], b, 0, rows));
             Some(name)
         }
         None => None,
@@ -168,22 +148,9 @@ fn split_input_rows(graph: &mut Graph, layer: &Layer, rows: &[usize]) -> Result<
         // Runtime gathers the last axis element by element.
         let x_sel = graph.add1("MatMul", &[&x, &pick], vec![], &format!("{x}.selected"))?;
         let change = graph.add1("MatMul", &[&x_sel, &delta], vec![], &format!("{y}.change"))?;
-        let frozen = graph.fresh_name(&format!("{y}.frozen"));
-        graph.rename_value(&y, &frozen)?;
-        let sum = graph.add_op(make::node("Add", &[&frozen, &change], &[&y], vec![]))?;
-        graph.replace_uses(&frozen, &y, &[sum])?;
+        super::add_to_value(graph, &y, &change)?;
     }
-    Ok(Trainable {
-        name: rows_name,
-        shape,
-        source: w,
-        axis: 0,
-        rows: rows.to_vec(),
-        mask: None,
-        role: String::new(),
-        source_rows: 0,
-        lora: None,
-    })
+    Ok(Trainable::rows_of(&rows_name, shape, &w, 0, rows))
 }
 
 /// `Y = op(X, W, ...)` becomes the frozen output with the selected neurons' outputs

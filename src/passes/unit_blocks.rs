@@ -26,32 +26,6 @@ use crate::onnx::DataType;
 use crate::types::{LayerNeurons, Trainable};
 use std::collections::{BTreeSet, HashMap};
 
-/// Ops that act on each unit alone (broadcasting only single-element operands).
-const ELEMENTWISE: &[&str] = &[
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Neg",
-    "Sigmoid",
-    "Tanh",
-    "Relu",
-    "Erf",
-    "Gelu",
-    "Silu",
-    "Softplus",
-    "Pow",
-    "Sqrt",
-    "Exp",
-    "Identity",
-    "Abs",
-    "Reciprocal",
-    "LeakyRelu",
-    "Elu",
-    "HardSigmoid",
-    "HardSwish",
-];
-
 /// One MLP block whose units `rows` are selected in all its matrices.
 pub(super) struct UnitBlock<'a> {
     /// The up/gate layers with the MatMul that reads each.
@@ -110,7 +84,8 @@ pub(super) fn find<'a>(
                 return None;
             }
             feeders.push((layer, n));
-        } else if ELEMENTWISE.contains(&op.op_type()) && op.domain().is_empty() && op.output.len() == 1 {
+        } else if crate::analyze::ELEMENTWISE.contains(&op.op_type()) && op.domain().is_empty() && op.output.len() == 1
+        {
             chain.insert(n);
             todo.extend(op.input.iter().filter(|i| !single_element_constant(graph, i)).cloned());
         } else {
@@ -199,11 +174,7 @@ pub(super) fn rewrite(graph: &mut Graph, block: &UnitBlock) -> Result<Vec<Traina
     let trained = graph.add1("MatMul", &[&h_trained, &rows], vec![], &format!("{y}.units"))?;
     let frozen = graph.add1("MatMul", &[&h_frozen, &frozen_w], vec![], &format!("{y}.frozen_units"))?;
     let change = graph.add1("Sub", &[&trained, &frozen], vec![], &format!("{y}.change"))?;
-    // The sum takes over the name `y`, so graph outputs keep their names.
-    let full = graph.fresh_name(&format!("{y}.frozen"));
-    graph.rename_value(&y, &full)?;
-    let sum = graph.add_op(make::node("Add", &[&full, &change], &[&y], vec![]))?;
-    graph.replace_uses(&full, &y, &[sum])?;
+    super::add_to_value(graph, &y, &change)?;
     Ok(params)
 }
 
@@ -223,16 +194,6 @@ fn add_rows_input(
     let name = format!("{w}.rows");
     let dims: Vec<DimSpec> = shape.iter().map(|&d| d.into()).collect();
     graph.add_input(make::value_info(&name, DataType::Float, &dims))?;
-    params.push(Trainable {
-        name: name.clone(),
-        shape,
-        source: w.clone(),
-        axis,
-        rows: rows.to_vec(),
-        mask: None,
-        role: String::new(),
-        source_rows: 0,
-        lora: None,
-    });
+    params.push(Trainable::rows_of(&name, shape, w, axis, rows));
     Ok(name)
 }
