@@ -100,6 +100,37 @@ fn decoder_block_every_weight_and_backward_under_2_2x() {
     assert!(g.node.iter().filter(|n| n.metadata_props.iter().any(|p| p.value() == "autodiff")).count() == bw);
 }
 
+/// Gradients flowing through frozen linear layers (only an early weight is wanted):
+/// still exact, and no backward `Shape` reads a frozen layer's input, which would keep
+/// that activation alive until the backward pass reaches the layer.
+#[test]
+fn frozen_linears_pass_gradients_without_holding_their_inputs() {
+    let mut rng = Rng(7);
+    let model = build::decoder(Decoder { layers: 2, ..SMALL }, DataType::Double, &mut rng);
+    let feeds =
+        vec![("input_ids".to_string(), ids(&mut rng, &[2, 5], 11)), ("labels".to_string(), ids(&mut rng, &[2, 5], 11))];
+    let wrt = vec!["l0.wq".to_string()];
+    let c = grad_and_check(&model, &feeds, "loss", &wrt, &pick(usize::MAX, 0), 1e-6, 1e-6);
+    assert_close(&c, "l0.wq through frozen layers");
+    let g = c.grad_model.graph.as_ref().unwrap();
+    let autodiff = |n: &neft::onnx::proto::NodeProto| n.metadata_props.iter().any(|p| p.value() == "autodiff");
+    let frozen_inputs: Vec<&str> = g
+        .node
+        .iter()
+        .filter(|n| !autodiff(n) && n.op_type() == "MatMul")
+        .filter(|n| g.initializer.iter().any(|t| t.name() == n.input[1] && !wrt.contains(&n.input[1])))
+        .map(|n| n.input[0].as_str())
+        .collect();
+    assert!(frozen_inputs.len() >= 7, "{frozen_inputs:?}");
+    let held: Vec<&str> = g
+        .node
+        .iter()
+        .filter(|n| autodiff(n) && n.op_type() == "Shape" && frozen_inputs.contains(&n.input[0].as_str()))
+        .map(|n| n.input[0].as_str())
+        .collect();
+    assert!(held.is_empty(), "backward Shape nodes read the inputs of frozen linears: {held:?}");
+}
+
 /// The decoder reads its embedding twice (input Gather, output projection): its
 /// gradient is the sum of what an untied copy gets from each use.
 #[test]

@@ -300,6 +300,14 @@ impl Emitter {
     /// constant where the dimensions allow it (numbers; 0, "copy", for a symbolic
     /// dimension `from` has at the same position; -1 for one other), else `Shape(x)`.
     pub fn reshape_target(&mut self, x: &str, from: Option<&[Dim]>) -> R<TensorName> {
+        match self.constant_reshape_target(x, from)? {
+            Some(target) => Ok(target),
+            None => self.op("Shape", &[x], vec![]),
+        }
+    }
+
+    /// [`Self::reshape_target`]'s constant, where the dimensions allow one.
+    fn constant_reshape_target(&mut self, x: &str, from: Option<&[Dim]>) -> R<Option<TensorName>> {
         if let Some(dims) = self.shape(x) {
             let mut v = vec![];
             for (i, d) in dims.iter().enumerate() {
@@ -310,10 +318,10 @@ impl Emitter {
                 });
             }
             if v.iter().filter(|&&n| n == -1).count() <= 1 {
-                return self.ints(&v);
+                return self.ints(&v).map(Some);
             }
         }
-        self.op("Shape", &[x], vec![])
+        Ok(None)
     }
 
     /// `g` reshaped to `x`'s shape.
@@ -322,6 +330,26 @@ impl Emitter {
         let target = self.reshape_target(x, from.as_deref())?;
         let out = self.reshape(g, &target)?;
         let (dtype, shape) = (self.facts.dtype(g), self.shape(x));
+        self.facts.set(&out, dtype, shape);
+        Ok(out)
+    }
+
+    /// `p` (rows × `last`) reshaped to `x`'s shape, where `x` has the leading
+    /// dimensions of `lead` and `last` columns. Where no constant target fits, the
+    /// target is read from `lead`, not from `x`: a backward `Shape(x)` would keep a
+    /// forward activation alive until the backward pass reaches it.
+    pub fn reshape_with_lead(&mut self, p: &str, x: &str, lead: &str, last: i64) -> R<TensorName> {
+        let from = self.shape(p);
+        let target = match self.constant_reshape_target(x, from.as_deref())? {
+            Some(target) => target,
+            None => {
+                let dims = self.op("Shape", &[lead], vec![attr::int("end", -1)])?;
+                let last = self.ints(&[last])?;
+                self.op("Concat", &[&dims, &last], vec![attr::int("axis", 0)])?
+            }
+        };
+        let out = self.reshape(p, &target)?;
+        let (dtype, shape) = (self.facts.dtype(p), self.shape(x));
         self.facts.set(&out, dtype, shape);
         Ok(out)
     }

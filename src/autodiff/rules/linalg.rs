@@ -125,7 +125,13 @@ fn linear(c: &mut Ctx, g: &G, (k, n): (i64, i64)) -> R<Grads> {
     let flat_g = c.reshape(&g.name, &rows_n)?;
     let da = c.when(0, |c| {
         let p = c.op("Gemm", &[&flat_g, &b], vec![attr::int("transB", 1)])?;
-        Ok(with(c.reshape_like(&p, &a)?))
+        // Unless dB reads A anyway, the target shape comes from dY: reading Shape(A)
+        // here would keep A alive until the backward pass reaches this layer.
+        if c.need(1) {
+            Ok(with(c.reshape_like(&p, &a)?))
+        } else {
+            Ok(with(c.reshape_with_lead(&p, &a, &g.name, k)?))
+        }
     })?;
     let db = c.when(1, |c| {
         let rows_k = c.ints(&[-1, k])?;
