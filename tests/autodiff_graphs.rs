@@ -442,3 +442,44 @@ fn gathered_log_softmax_gradient_matches_finite_differences() {
         assert_eq!(subs, 0, "axis {axis}: the dense LogSoftmax gradient was emitted");
     }
 }
+
+/// SiLU, `X·Sigmoid(X)`, either operand order, the sigmoid also read elsewhere: its
+/// gradient matches finite differences and reads the sigmoid and the product, never
+/// `X` (which the backward pass then need not hold).
+#[test]
+fn silu_gradient_matches_finite_differences_without_reading_its_input() {
+    for swap in [false, true] {
+        let mut rng = Rng(30 + swap as u64);
+        let silu_inputs = if swap { ["s", "x"] } else { ["x", "s"] };
+        let graph = GraphProto {
+            node: vec![
+                make::node("Mul", &["a", "w"], &["x"], vec![]),
+                make::node("Sigmoid", &["x"], &["s"], vec![]),
+                make::node("Mul", &silu_inputs, &["y"], vec![]),
+                make::node("Mul", &["y", "u"], &["m"], vec![]),
+                make::node("Add", &["m", "s"], &["z"], vec![]),
+                make::node("ReduceSum", &["z"], &["loss"], vec![attr::int("keepdims", 0)]),
+            ],
+            initializer: vec![
+                make::tensor_f64("w", &[3, 4], &rng.vec(12, -2.0, 2.0)),
+                make::tensor_f64("u", &[3, 4], &rng.vec(12, -1.0, 1.0)),
+            ],
+            input: vec![make::value_info("a", DataType::Double, &[3.into(), 4.into()])],
+            output: vec![make::value_info("loss", DataType::Double, &[])],
+            ..Default::default()
+        };
+        let model = make::model(graph, 18);
+        let feeds = vec![("a".to_string(), float_tensor(DataType::Double, &[3, 4], &rng.vec(12, -2.0, 2.0)))];
+        let c = grad_and_check(&model, &feeds, "loss", &["w".to_string()], &pick(usize::MAX, 0), 1e-6, 1e-6);
+        assert_close(&c, &format!("silu (swapped: {swap})"));
+        assert_eq!(c.entries, 12);
+        let g = c.grad_model.graph.as_ref().unwrap();
+        let readers: Vec<&str> = g
+            .node
+            .iter()
+            .filter(|n| n.metadata_props.iter().any(|p| p.value() == "autodiff") && n.input.iter().any(|i| i == "x"))
+            .map(|n| n.op_type())
+            .collect();
+        assert!(readers.is_empty(), "swapped: {swap}: the backward reads X in {readers:?}");
+    }
+}

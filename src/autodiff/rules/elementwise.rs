@@ -50,6 +50,9 @@ fn sub(c: &mut Ctx) -> R<Grads> {
 
 /// dA = dY·B, dB = dY·A (a constant scalar factor only scales the gradient)
 fn mul(c: &mut Ctx) -> R<Grads> {
+    if let Some(x_at) = silu_input(c) {
+        return silu(c, x_at);
+    }
     let g = c.dy_g(0)?;
     let mut out = vec![];
     for (i, other) in [(0, c.x(1)), (1, c.x(0))] {
@@ -59,6 +62,39 @@ fn mul(c: &mut Ctx) -> R<Grads> {
         });
     }
     Ok(out)
+}
+
+/// Which input of this `Mul` is `X` when it computes SiLU, `X·Sigmoid(X)`.
+fn silu_input(c: &Ctx) -> Option<usize> {
+    let (a, b) = (c.x(0), c.x(1));
+    let sigmoid_of = |s: &str, x: &str| {
+        let (n, _) = c.graph.producer(s)?;
+        let op = c.graph.op(n)?;
+        (op.op_type() == "Sigmoid" && op.input.first().is_some_and(|i| i == x)).then_some(())
+    };
+    match (sigmoid_of(&b, &a), sigmoid_of(&a, &b)) {
+        (Some(()), _) => Some(0),
+        (_, Some(())) => Some(1),
+        _ => None,
+    }
+}
+
+/// SiLU, Y = X·S with S = Sigmoid(X), as one function of X:
+/// dX = dY·(S + X·S·(1 - S)) = dY·(S + Y·(1 - S)).
+/// Written with S and Y, not X: Y is read anyway by whatever multiplies it next (the
+/// up projection in a gated MLP), so the backward pass holds two tensors here, not
+/// three. The whole gradient goes to X; S gets none from this node.
+fn silu(c: &mut Ctx, x_at: usize) -> R<Grads> {
+    let (g, s, y) = (c.dy_g(0)?, c.x(1 - x_at), c.y(0));
+    let dx = c.when(x_at, |c| {
+        let om = c.rsub_const(1.0, &s)?;
+        let t = c.mul(&y, &om)?;
+        let d = c.add(&s, &t)?;
+        c.combine("Mul", &g, &d, x_at)
+    })?;
+    let mut grads = vec![None, None];
+    grads[x_at] = dx;
+    Ok(grads)
 }
 
 /// dA = dY/B, dB = -(dY/B)·Y
