@@ -1,6 +1,6 @@
-//! The device-resident trainer (IoBinding, double-buffered state) against the host-side
-//! `TrainSession`: on ORT's CPU provider every loss, gradient norm and state tensor
-//! must agree bit for bit, step after step.
+//! The device-resident trainer (on the CPU: state handed from run to run) against the
+//! host-side `TrainSession`: on ORT's CPU provider every loss, gradient norm and state
+//! tensor must agree bit for bit, step after step.
 
 mod train_support;
 

@@ -6,7 +6,8 @@
 //! - [`session`]: one step or one evaluation at a time with host-side state (tests,
 //!   small tools);
 //! - [`device`]: the same steps with the state resident on the execution provider's
-//!   device, double-buffered through an IoBinding (what `neft train` runs);
+//!   device (double-buffered through an IoBinding on CUDA, handed from one plain run
+//!   to the next on the CPU; what `neft train` runs);
 //! - [`data`], [`run`], [`schedule`], [`checkpoint`], [`metrics`], [`plot`],
 //!   [`progress`]: the training loop and its inputs and outputs; [`cli`]: `neft train|export|merge`.
 
