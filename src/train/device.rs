@@ -7,9 +7,11 @@
 //! - on CUDA each state tensor has two device buffers, bound through an `IoBinding`:
 //!   a step reads one and writes the other, then the roles swap;
 //! - on the CPU a plain run reads the state values and the outputs it returns become
-//!   the next state (no copies either way). A CPU `IoBinding` would do the same work,
-//!   but ONNX Runtime's arena then peaked about 0.8 GB higher on SmolLM2's shape at
-//!   batch 8 x 128 (4.4 against 3.6 GB, the same graph run both ways).
+//!   the next state (no copies either way, no second set of buffers). A CPU
+//!   `IoBinding` would do the same work, but ONNX Runtime's CPU arena grew further
+//!   with it: on SmolLM2's shape the peak was 0.04-0.26 GB higher (batch 4 x 64 and
+//!   8 x 256), and 0.8 GB higher at 8 x 128 before the backward pass held fewer
+//!   activations.
 //!
 //! Nothing crosses to the host per step except three scalars (loss, token count,
 //! gradient norm).
