@@ -270,6 +270,27 @@ fn tiny_llama_export_in_float64() {
     assert_eq!(wrt.len(), 21, "{wrt:?}");
     let c = grad_and_check(&model, &feeds, "loss", &wrt, &pick(32, 12), 1e-6, 1e-6);
     assert_close(&c, "tiny_llama (float64)");
+    // Grouped-query attention repeats K and V heads (Expand, then Reshape); the
+    // backward products read the unrepeated heads, never the repeated tensors. (This
+    // export reshapes repeated K once more before its product; that Reshape's own
+    // gradient still reads `Shape` of it.)
+    let g = c.grad_model.graph.as_ref().unwrap();
+    let op_of = |name: &str| g.node.iter().find(|n| n.output.iter().any(|o| o == name)).map(|n| n.op_type());
+    let repeated: Vec<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "Reshape" && op_of(&n.input[0]) == Some("Expand"))
+        .map(|n| n.output[0].as_str())
+        .collect();
+    assert_eq!(repeated.len(), 4, "K and V of two layers: {repeated:?}");
+    let autodiff = |n: &neft::onnx::proto::NodeProto| n.metadata_props.iter().any(|p| p.value() == "autodiff");
+    let readers: Vec<(&str, &str)> = g
+        .node
+        .iter()
+        .filter(|n| autodiff(n) && n.op_type() != "Shape")
+        .flat_map(|n| n.input.iter().filter(|i| repeated.contains(&i.as_str())).map(move |i| (n.op_type(), i.as_str())))
+        .collect();
+    assert!(readers.is_empty(), "the backward reads repeated heads: {readers:?}");
 }
 
 /// PyTorch's convnet export (Conv, Relu, MaxPool, Reshape, Gemm) with a cross-entropy.

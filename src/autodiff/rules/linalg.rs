@@ -94,8 +94,13 @@ fn matmul(c: &mut Ctx) -> R<Grads> {
     };
     let batch_y = c.shape(&y).map(|s| s[..s.len() - 2].to_vec());
     let da = c.when(0, |c| {
-        let bt = c.transpose(&b, &swap(shb.len()))?;
-        let p = c.op("MatMul", &[&g.name, &bt], vec![])?;
+        let p = match grouped_product(c, &g.name, &b, &swap(shb.len()))? {
+            Some(p) => p,
+            None => {
+                let bt = c.transpose(&b, &swap(shb.len()))?;
+                c.op("MatMul", &[&g.name, &bt], vec![])?
+            }
+        };
         let dims = batch_y.clone().map(|mut d| {
             d.extend_from_slice(&sha[sha.len() - 2..]);
             d
@@ -114,6 +119,64 @@ fn matmul(c: &mut Ctx) -> R<Grads> {
         c.fit(&p, dims, g.scale, &b)
     })?;
     Ok(vec![da, db])
+}
+
+/// dY·Bᵀ when B (or the tensor B transposes) repeats each of `h` heads `r` times, as
+/// grouped-query attention does with K and V: dY's heads are grouped `[h, r]` and
+/// multiplied by the `h` unrepeated heads, broadcast over the copies. Same products,
+/// but the backward pass reads the unrepeated tensor, `r` times smaller, so the
+/// repeated one is freed after the forward pass.
+fn grouped_product(c: &mut Ctx, g: &str, b: &str, swap: &[i64]) -> R<Option<String>> {
+    // B itself, or the tensor it transposes (K for Q·Kᵀ): then Bᵀ is that tensor.
+    let transposed_from = c.graph.producer(b).and_then(|(n, _)| c.graph.op(n)).and_then(|t| {
+        let perm = t.attribute.iter().find(|a| a.name() == "perm").map(|a| a.ints.clone());
+        (t.op_type() == "Transpose" && perm.as_deref() == Some(swap)).then(|| t.input[0].clone())
+    });
+    let repeated = transposed_from.as_deref().unwrap_or(b);
+    let Some((heads, copies, unrepeated)) = repeated_heads(c, repeated) else { return Ok(None) };
+    let bt = match &transposed_from {
+        Some(_) => unrepeated,
+        None => c.transpose(&unrepeated, swap)?,
+    };
+    let axis = c.ints(&[2])?;
+    let bt = c.op("Unsqueeze", &[&bt, &axis], vec![])?;
+    let lead = c.op("Shape", &[g], vec![attr::int("end", 1)])?;
+    let grouping = c.ints(&[heads, copies])?;
+    let tail = c.op("Shape", &[g], vec![attr::int("start", 2)])?;
+    let grouped = c.op("Concat", &[&lead, &grouping, &tail], vec![attr::int("axis", 0)])?;
+    let g5 = c.reshape(g, &grouped)?;
+    let p5 = c.op("MatMul", &[&g5, &bt], vec![])?;
+    let front = c.op("Shape", &[g], vec![attr::int("end", 2)])?;
+    let back = c.op("Shape", &[&p5], vec![attr::int("start", 3)])?;
+    let merged = c.op("Concat", &[&front, &back], vec![attr::int("axis", 0)])?;
+    Ok(Some(c.reshape(&p5, &merged)?))
+}
+
+/// `(h, r, x)` when `t = Reshape(Expand(Unsqueeze(x, 2)))` turns `x [b, h, s, d]` into
+/// `[b, h·r, s, d]`, every head repeated `r` times in place (checked on the shapes).
+fn repeated_heads(c: &Ctx, t: &str) -> Option<(i64, i64, String)> {
+    let input_of = |name: &str, op: &str| {
+        let node = c.graph.op(c.graph.producer(name)?.0)?;
+        (node.op_type() == op).then(|| node.input[0].clone())
+    };
+    let expanded = input_of(t, "Reshape")?;
+    let unsqueezed = input_of(&expanded, "Expand")?;
+    let x = input_of(&unsqueezed, "Unsqueeze")?;
+    let (sx, su, se, st) = (c.shape(&x)?, c.shape(&unsqueezed)?, c.shape(&expanded)?, c.shape(t)?);
+    let (Dim::Known(h), Dim::Known(r), Dim::Known(hr)) = (&sx.get(1)?, &se.get(2)?, &st.get(1)?) else {
+        return None;
+    };
+    let same = |a: &Dim, b: &Dim| dims_equal(a, b) == Some(true);
+    let ok = sx.len() == 4
+        && su.len() == 5
+        && se.len() == 5
+        && st.len() == 4
+        && su[2] == Dim::Known(1)
+        && *r > 1
+        && h * r == *hr
+        && [0, 1, 3, 4].iter().zip([0, 1, 2, 3]).all(|(&i, j)| same(&su[i], &sx[j]) && same(&se[i], &sx[j]))
+        && [0, 2, 3].iter().all(|&i| same(&st[i], &sx[i]));
+    ok.then(|| (*h, *r, x))
 }
 
 /// `MatMul(A, B)` for a 2-D `B [k, n]`, A's batch dimensions flattened into rows:
