@@ -4,12 +4,14 @@
 //! ```text
 //! cargo run --release --example bench_train -- [--layers 4] [--hidden 256] [--ffn 688]
 //!     [--vocab 2048] [--kv-heads 2] [--batch 4] [--seq 128] [--steps 10] [--warmup 3] [--json OUT.json]
-//!     [--threads N] [--only NAME,NAME] [--units UNITS.json] [--prompt N] [--keep DIR]
+//!     [--threads N] [--only NAME,NAME] [--units UNITS.json] [--prompt N] [--keep DIR] [--eval N]
 //! ```
 //! `--keep DIR` writes the model and each configuration's artifacts (`DIR/c0`, ...)
 //! there instead of a temporary folder, and leaves them.
 //! `--prompt N` labels the first N positions of every row -100, as instruction data
 //! masks its prompts (the loss then counts `seq - N` positions a row).
+//! `--eval N` runs the eval graph on the step's batch after every N-th step, as
+//! `neft train --eval` does at its checkpoints, so the peak counts both sessions (0: no evals).
 //! `--units` names the MLP units the split and mask rows train (a JSON list, per block,
 //! of unit indices: what `examples/bench_vs_pytorch.py` hands PyTorch too); `--only`
 //! keeps the configurations whose names start with one of the given names.
@@ -45,6 +47,8 @@ struct Args {
     /// Positions of every row whose label is ignored (a prompt).
     prompt: usize,
     keep: Option<PathBuf>,
+    /// An eval after every this many steps; 0: none.
+    eval: usize,
 }
 
 fn parse() -> Args {
@@ -64,6 +68,7 @@ fn parse() -> Args {
         units: None,
         prompt: 0,
         keep: None,
+        eval: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -84,6 +89,7 @@ fn parse() -> Args {
             "--keep" => a.keep = Some(PathBuf::from(v)),
             "--threads" => a.threads = Some(n()),
             "--prompt" => a.prompt = n(),
+            "--eval" => a.eval = n(),
             "--only" => a.only = v.split(',').map(str::to_string).collect(),
             "--units" => {
                 let text = std::fs::read_to_string(v).unwrap_or_else(|e| panic!("--units {v}: {e}"));
@@ -196,7 +202,7 @@ fn child(dir: &Path, a: &Args) {
     drop(state);
     let open_mb = status_mb("VmRSS:");
     let mut first_step_mb = 0.0;
-    let mut times = vec![];
+    let (mut times, mut eval_times) = (vec![], vec![]);
     for k in 0..a.warmup + a.steps {
         let b = batch(a, k as u64);
         let t = Instant::now();
@@ -208,9 +214,15 @@ fn child(dir: &Path, a: &Args) {
         if k == 0 {
             first_step_mb = status_mb("VmRSS:");
         }
+        if a.eval > 0 && (k + 1) % a.eval == 0 {
+            let t = Instant::now();
+            let (loss, _, _) = s.eval(&b).unwrap();
+            assert!(loss.is_finite());
+            eval_times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let list: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
-    println!("{};{:.1};{open_mb:.1};{first_step_mb:.1}", list.join(","), peak_rss_mb());
+    let list = |v: &[f64]| v.iter().map(|t| format!("{t:.3}")).collect::<Vec<_>>().join(",");
+    println!("{};{:.1};{open_mb:.1};{first_step_mb:.1};{}", list(&times), peak_rss_mb(), list(&eval_times));
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -279,6 +291,8 @@ fn main() {
         let fields: Vec<&str> = text.trim().split(';').collect();
         let (times, peak, open_mb, first_mb) = (fields[0], fields[1], fields[2], fields[3]);
         let mut times: Vec<f64> = times.split(',').map(|t| t.parse().unwrap()).collect();
+        let mut evals: Vec<f64> = fields[4].split(',').filter(|t| !t.is_empty()).map(|t| t.parse().unwrap()).collect();
+        let eval_ms = (!evals.is_empty()).then(|| median(&mut evals));
         let row = serde_json::json!({
             "config": c.name,
             "trainable_params": plan.counts.trainable_params,
@@ -290,6 +304,8 @@ fn main() {
             "peak_rss_mb": peak.parse::<f64>().unwrap(),
             "rss_sessions_open_mb": open_mb.parse::<f64>().unwrap(),
             "rss_after_first_step_mb": first_mb.parse::<f64>().unwrap(),
+            "eval_ms_median": eval_ms,
+            "evals": evals.len(),
         });
         eprintln!(
             "  {}: {:.1} ms/step; resident {:.0} MB with the sessions open, {:.0} MB after one step, peak {:.0} MB",
@@ -299,6 +315,9 @@ fn main() {
             row["rss_after_first_step_mb"].as_f64().unwrap(),
             row["peak_rss_mb"].as_f64().unwrap()
         );
+        if let Some(ms) = eval_ms {
+            eprintln!("  {}: {} evals, {ms:.1} ms each (median); the peak includes them", c.name, evals.len());
+        }
         rows.push(row);
     }
     if rows.is_empty() {
@@ -344,6 +363,7 @@ fn child_args(a: &Args) -> Vec<String> {
         ("--vocab", a.vocab),
         ("--threads", threads),
         ("--prompt", a.prompt),
+        ("--eval", a.eval),
     ]
     .iter()
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])
@@ -367,6 +387,7 @@ fn parse_child(rest: &[String]) -> Args {
         units: None,
         prompt: 0,
         keep: None,
+        eval: 0,
     };
     for pair in rest.chunks(2) {
         let v: usize = pair[1].parse().unwrap();
@@ -374,6 +395,7 @@ fn parse_child(rest: &[String]) -> Args {
             "--batch" => a.batch = v,
             "--seq" => a.seq = v,
             "--prompt" => a.prompt = v,
+            "--eval" => a.eval = v,
             "--steps" => a.steps = v,
             "--warmup" => a.warmup = v,
             "--vocab" => a.vocab = v,
