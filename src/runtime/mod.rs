@@ -4,6 +4,7 @@
 pub mod cuda_libs;
 pub mod neuron_stats;
 pub mod ort;
+pub mod shared_weights;
 pub mod tract;
 
 pub use self::ort::{Ep, HostTensor, RuntimeError, Session};

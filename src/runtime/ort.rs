@@ -13,6 +13,7 @@
 //! the domain is registered there once, by a throwaway session, before any other
 //! session can be created, and is shared by every session that uses the operator.
 
+use super::shared_weights::SharedWeights;
 use ndarray::{ArrayD, IxDyn};
 use ort::session::builder::SessionBuilder;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
@@ -274,6 +275,8 @@ pub struct Session {
     pub inner: ort::session::Session,
     pub ep: Ep,
     label: String,
+    /// Weights the session reads but does not own; dropped after `inner`.
+    _shared: Option<Arc<SharedWeights>>,
 }
 
 /// Options for a new session.
@@ -291,21 +294,38 @@ pub struct SessionOptions {
     pub no_memory_pattern: bool,
     /// No pre-packed copies of constant weights for the CPU's matrix kernels: the
     /// weights are then read where they are mapped from disk. Packing makes products
-    /// faster and costs a copy of every weight; worth it for the train step, not for a
-    /// graph that runs now and then.
+    /// faster and costs a copy of every weight.
     pub no_packing: bool,
+    /// Frozen weights and packed copies shared with other sessions (see
+    /// [`super::shared_weights`]).
+    pub shared: Option<Arc<SharedWeights>>,
 }
 
-impl SessionOptions {
-    /// The options for a train step: lean memory, packed weights.
-    pub fn for_train_step(&self) -> SessionOptions {
-        SessionOptions { no_memory_pattern: true, ..self.clone() }
-    }
-
-    /// The options for an eval graph beside a train step: lean memory, no packed copies.
-    pub fn for_eval(&self) -> SessionOptions {
-        SessionOptions { no_memory_pattern: true, no_packing: true, ..self.clone() }
-    }
+/// The train step at `train` and the eval graph at `eval` beside it, both with lean
+/// memory (no memory pattern). On the CPU they share the frozen weights they both
+/// hold: the eval graph's products use the train step's packed copies. Without
+/// shareable weights (all inline), or on CUDA, the eval graph packs nothing: it runs
+/// now and then, and packing would cost a copy of every weight.
+pub fn open_train_and_eval(
+    train: &Path,
+    eval: &Path,
+    opts: &SessionOptions,
+) -> Result<(Session, Session), RuntimeError> {
+    let lean = SessionOptions { no_memory_pattern: true, ..opts.clone() };
+    let shared = match lean.ep == Ep::Cpu && !lean.no_packing {
+        true => Some(SharedWeights::between(&[train, eval])?).filter(|s| !s.is_empty()).map(Arc::new),
+        false => None,
+    };
+    let Some(shared) = shared else {
+        let train = Session::from_file(train, &lean)?;
+        let eval = Session::from_file(eval, &SessionOptions { no_packing: true, ..lean })?;
+        return Ok((train, eval));
+    };
+    let both = SessionOptions { shared: Some(shared.clone()), ..lean };
+    let train = Session::from_file(train, &both)?;
+    let eval = Session::from_file(eval, &both)?;
+    shared.release_pages();
+    Ok((train, eval))
 }
 
 impl Session {
@@ -316,7 +336,7 @@ impl Session {
         let inner = builder
             .commit_from_file(path)
             .map_err(|e| RuntimeError::Session { model: label.clone(), why: e.to_string() })?;
-        Ok(Session { inner, ep: opts.ep, label })
+        Ok(Session { inner, ep: opts.ep, label, _shared: opts.shared.clone() })
     }
 
     /// A session for a serialized model without external data.
@@ -325,7 +345,7 @@ impl Session {
         let inner = builder
             .commit_from_memory(bytes)
             .map_err(|e| RuntimeError::Session { model: label.into(), why: e.to_string() })?;
-        Ok(Session { inner, ep: opts.ep, label: label.into() })
+        Ok(Session { inner, ep: opts.ep, label: label.into(), _shared: opts.shared.clone() })
     }
 
     pub fn input_names(&self) -> Vec<String> {
@@ -372,6 +392,9 @@ fn builder(opts: &SessionOptions, label: &str) -> Result<SessionBuilder, Runtime
     }
     if opts.no_packing {
         b = b.with_config_entry("session.disable_prepacking", "1").map_err(|e| session_err(e.to_string()))?;
+    }
+    if let Some(shared) = &opts.shared {
+        b = shared.apply(b, label)?;
     }
     // NEFT_ORT_CONFIG=key=value[,key=value]: ONNX Runtime session settings, for
     // diagnosis (e.g. session.disable_prepacking=1).

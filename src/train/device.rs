@@ -22,7 +22,7 @@
 
 use super::session::{check_state, StepOutput};
 use crate::artifact::{Plan, State, StateTensor};
-use crate::runtime::ort::{Ep, HostTensor, Session, SessionOptions};
+use crate::runtime::ort::{open_train_and_eval, Ep, HostTensor, Session, SessionOptions};
 use anyhow::{anyhow, bail, Context};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{HasSelectedOutputs, IoBinding, OutputSelector, RunOptions, SessionInputValue, SessionOutputs};
@@ -81,8 +81,7 @@ impl DeviceTrainer {
     /// against the plan first).
     pub fn new(dir: &Path, plan: Plan, state: &State, opts: &SessionOptions) -> anyhow::Result<DeviceTrainer> {
         check_state(&plan, state)?;
-        let train = Session::from_file(&dir.join("train_step.onnx"), &opts.for_train_step())?;
-        let eval = Session::from_file(&dir.join("eval.onnx"), &opts.for_eval())?;
+        let (train, eval) = open_train_and_eval(&dir.join("train_step.onnx"), &dir.join("eval.onnx"), opts)?;
         let allocator = match opts.ep {
             Ep::Cpu => None,
             Ep::Cuda { device } => Some(cuda_allocator(&train, device)?),

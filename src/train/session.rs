@@ -6,7 +6,7 @@
 //! norms, and the updated [`State`].
 
 use crate::artifact::{Plan, State, StateTensor};
-use crate::runtime::ort::{HostTensor, Session, SessionOptions};
+use crate::runtime::ort::{open_train_and_eval, HostTensor, Session, SessionOptions};
 use anyhow::{bail, Context};
 use ndarray::{ArrayD, IxDyn};
 use std::path::{Path, PathBuf};
@@ -38,8 +38,7 @@ impl TrainSession {
     /// Opens `dir` with a given state (a checkpoint), checked against the plan.
     pub fn with_state(dir: &Path, plan: Plan, state: State, opts: &SessionOptions) -> anyhow::Result<TrainSession> {
         check_state(&plan, &state)?;
-        let train = Session::from_file(&dir.join("train_step.onnx"), &opts.for_train_step())?;
-        let eval = Session::from_file(&dir.join("eval.onnx"), &opts.for_eval())?;
+        let (train, eval) = open_train_and_eval(&dir.join("train_step.onnx"), &dir.join("eval.onnx"), opts)?;
         Ok(TrainSession { dir: dir.to_path_buf(), plan, state, train, eval })
     }
 
