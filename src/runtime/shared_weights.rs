@@ -122,7 +122,8 @@ impl SharedWeights {
     pub fn release_pages(&self) {
         #[cfg(unix)]
         for data in &self.bytes {
-            let page = 4096usize;
+            // SAFETY: sysconf only reads a setting.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
             let start = data.as_ptr() as usize / page * page;
             let end = (data.as_ptr() as usize + data.len()).div_ceil(page) * page;
             // SAFETY: the range lies in read-only file mappings that `self` keeps alive;
