@@ -167,6 +167,17 @@ pub struct LossInfo {
     pub correct: Option<String>,
 }
 
+impl LossInfo {
+    /// The eval graph's scalar outputs: the loss, and the token count and the rows
+    /// predicted right where the loss has them.
+    pub fn scalars(&self) -> Vec<String> {
+        let mut names = vec![self.loss.clone()];
+        names.extend(self.tokens.clone());
+        names.extend(self.correct.clone());
+        names
+    }
+}
+
 /// The label value a loss does not count (Hugging Face's convention).
 pub const IGNORE_INDEX: i64 = -100;
 

@@ -109,7 +109,8 @@ fn train_and_eval_share_their_frozen_weights() {
     for frozen in ["val_109", "val_244", "val_386"] {
         assert!(both.contains(frozen), "split weight {frozen} is frozen in both graphs: {both:?}");
     }
-    let shared = SharedWeights::between(&[&train, &eval]).unwrap();
+    let (train_model, eval_model) = (neft::onnx::load(&train).unwrap(), neft::onnx::load(&eval).unwrap());
+    let shared = SharedWeights::between(&[&train_model, &eval_model]).unwrap();
     assert_eq!(shared.names().map(str::to_string).collect::<BTreeSet<_>>(), both);
 
     let session = SessionOptions { threads: Some(1), ..Default::default() };

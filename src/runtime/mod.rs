@@ -6,5 +6,6 @@ pub mod neuron_stats;
 pub mod ort;
 pub mod shared_weights;
 pub mod tract;
+pub mod train_pair;
 
 pub use self::ort::{Ep, HostTensor, RuntimeError, Session};

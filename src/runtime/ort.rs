@@ -301,33 +301,6 @@ pub struct SessionOptions {
     pub shared: Option<Arc<SharedWeights>>,
 }
 
-/// The train step at `train` and the eval graph at `eval` beside it, both with lean
-/// memory (no memory pattern). On the CPU they share the frozen weights they both
-/// hold: the eval graph's products use the train step's packed copies. Without
-/// shareable weights (all inline), or on CUDA, the eval graph packs nothing: it runs
-/// now and then, and packing would cost a copy of every weight.
-pub fn open_train_and_eval(
-    train: &Path,
-    eval: &Path,
-    opts: &SessionOptions,
-) -> Result<(Session, Session), RuntimeError> {
-    let lean = SessionOptions { no_memory_pattern: true, ..opts.clone() };
-    let shared = match lean.ep == Ep::Cpu && !lean.no_packing {
-        true => Some(SharedWeights::between(&[train, eval])?).filter(|s| !s.is_empty()).map(Arc::new),
-        false => None,
-    };
-    let Some(shared) = shared else {
-        let train = Session::from_file(train, &lean)?;
-        let eval = Session::from_file(eval, &SessionOptions { no_packing: true, ..lean })?;
-        return Ok((train, eval));
-    };
-    let both = SessionOptions { shared: Some(shared.clone()), ..lean };
-    let train = Session::from_file(train, &both)?;
-    let eval = Session::from_file(eval, &both)?;
-    shared.release_pages();
-    Ok((train, eval))
-}
-
 impl Session {
     /// A session for the model file at `path` (external data are read relative to it).
     pub fn from_file(path: &Path, opts: &SessionOptions) -> Result<Session, RuntimeError> {
@@ -346,6 +319,23 @@ impl Session {
             .commit_from_memory(bytes)
             .map_err(|e| RuntimeError::Session { model: label.into(), why: e.to_string() })?;
         Ok(Session { inner, ep: opts.ep, label: label.into(), _shared: opts.shared.clone() })
+    }
+
+    /// A session for a serialized model whose external data lie beside `path`, as if
+    /// it had been read from there (`path` names it in messages).
+    pub fn from_bytes_beside(bytes: &[u8], path: &Path, opts: &SessionOptions) -> Result<Session, RuntimeError> {
+        let label = path.display().to_string();
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let folder = folder.to_str().ok_or_else(|| RuntimeError::Session {
+            model: label.clone(),
+            why: "the folder's path is not UTF-8".into(),
+        })?;
+        let inner = builder(opts, &label)?
+            .with_config_entry("session.model_external_initializers_file_folder_path", folder)
+            .map_err(|e| RuntimeError::Session { model: label.clone(), why: e.to_string() })?
+            .commit_from_memory(bytes)
+            .map_err(|e| RuntimeError::Session { model: label.clone(), why: e.to_string() })?;
+        Ok(Session { inner, ep: opts.ep, label, _shared: opts.shared.clone() })
     }
 
     pub fn input_names(&self) -> Vec<String> {

@@ -11,13 +11,13 @@
 //! are given back afterwards ([`SharedWeights::release_pages`]) and come back only
 //! where a graph reads a weight unpacked (an embedding table, a norm's scale).
 //!
-//! In: the graph files. Out: values and a container that [`super::ort::Session`]s
+//! In: the loaded graphs. Out: values and a container that [`super::ort::Session`]s
 //! opened with them use; both live as long as the last such session.
 
 use super::ort::RuntimeError;
 use crate::onnx::proto::tensor_proto::DataLocation;
 use crate::onnx::proto::TensorProto;
-use crate::onnx::DataType;
+use crate::onnx::{DataType, Model};
 use bytes::Bytes;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::{PrepackedWeights, SessionBuilder};
@@ -59,13 +59,11 @@ impl Drop for RawValue {
 impl SharedWeights {
     /// The floating-point initializers stored outside the graph that every one of
     /// `graphs` holds under the same name and at the same place on disk.
-    pub fn between(graphs: &[&Path]) -> Result<SharedWeights, RuntimeError> {
+    pub fn between(graphs: &[&Model]) -> Result<SharedWeights, RuntimeError> {
         let err = |path: &Path, why: String| RuntimeError::Session { model: path.display().to_string(), why };
         super::ort::environment()?; // loads the library the values are made with
         let mut common: Option<HashMap<String, TensorProto>> = None;
-        let mut first = None;
-        for &path in graphs {
-            let model = crate::onnx::load(path).map_err(|e| err(path, e.to_string()))?;
+        for model in graphs {
             let here: HashMap<String, TensorProto> = model
                 .graph()
                 .initializer
@@ -80,9 +78,8 @@ impl SharedWeights {
                     kept
                 }
             });
-            first.get_or_insert(model);
         }
-        let (Some(common), Some(model)) = (common, first) else {
+        let (Some(common), Some(model)) = (common, graphs.first()) else {
             return Ok(SharedWeights { values: vec![], packs: PrepackedWeights::new(), bytes: vec![] });
         };
         let cpu = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)

@@ -22,7 +22,8 @@
 
 use super::session::{check_state, StepOutput};
 use crate::artifact::{Plan, State, StateTensor};
-use crate::runtime::ort::{open_train_and_eval, Ep, HostTensor, Session, SessionOptions};
+use crate::runtime::ort::{Ep, HostTensor, Session, SessionOptions};
+use crate::runtime::train_pair::open_train_and_eval;
 use anyhow::{anyhow, bail, Context};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{HasSelectedOutputs, IoBinding, OutputSelector, RunOptions, SessionInputValue, SessionOutputs};
@@ -81,7 +82,8 @@ impl DeviceTrainer {
     /// against the plan first).
     pub fn new(dir: &Path, plan: Plan, state: &State, opts: &SessionOptions) -> anyhow::Result<DeviceTrainer> {
         check_state(&plan, state)?;
-        let (train, eval) = open_train_and_eval(&dir.join("train_step.onnx"), &dir.join("eval.onnx"), opts)?;
+        let (train, eval) =
+            open_train_and_eval(&dir.join("train_step.onnx"), &dir.join("eval.onnx"), &plan.loss.scalars(), opts)?;
         let allocator = match opts.ep {
             Ep::Cpu => None,
             Ep::Cuda { device } => Some(cuda_allocator(&train, device)?),
@@ -95,7 +97,7 @@ impl DeviceTrainer {
             Ep::Cpu => {
                 let mut train_outputs = train_scalars(&plan);
                 train_outputs.extend(slots.iter().map(|s| s.output.clone()));
-                Runs::Plain { train: run_options(&train_outputs)?, eval: run_options(&eval_scalars(&plan))? }
+                Runs::Plain { train: run_options(&train_outputs)?, eval: run_options(&plan.loss.scalars())? }
             }
             Ep::Cuda { .. } => Runs::Bound {
                 train: train.inner.create_binding().map_err(ort_err("train_step.onnx: IoBinding"))?,
@@ -114,7 +116,7 @@ impl DeviceTrainer {
         for name in train_scalars(&self.plan) {
             train.bind_output_to_device(name.as_str(), &host).map_err(ort_err(&format!("output '{name}'")))?;
         }
-        for name in eval_scalars(&self.plan) {
+        for name in self.plan.loss.scalars() {
             eval.bind_output_to_device(name.as_str(), &host).map_err(ort_err(&format!("eval output '{name}'")))?;
         }
         Ok(())
@@ -166,7 +168,7 @@ impl DeviceTrainer {
     /// `batch` with the current state, no update.
     pub fn eval(&mut self, batch: &[(&str, HostTensor)]) -> anyhow::Result<(f32, f32, Option<f32>)> {
         let inputs = batch_values(batch)?;
-        let names = eval_scalars(&self.plan);
+        let names = self.plan.loss.scalars();
         let what = "eval.onnx";
         let params: Vec<&Slot> =
             self.slots.iter().filter(|slot| self.plan.params.iter().any(|p| p.name == slot.input)).collect();
@@ -219,14 +221,6 @@ impl DeviceTrainer {
 fn train_scalars(plan: &Plan) -> Vec<String> {
     let mut names = vec![plan.loss.loss.clone(), plan.io.grad_norm.clone()];
     names.extend(plan.loss.tokens.clone());
-    names
-}
-
-/// The outputs of an eval run: the loss, the token count and the rows predicted right.
-fn eval_scalars(plan: &Plan) -> Vec<String> {
-    let mut names = vec![plan.loss.loss.clone()];
-    names.extend(plan.loss.tokens.clone());
-    names.extend(plan.loss.correct.clone());
     names
 }
 

@@ -6,7 +6,8 @@
 //! norms, and the updated [`State`].
 
 use crate::artifact::{Plan, State, StateTensor};
-use crate::runtime::ort::{open_train_and_eval, HostTensor, Session, SessionOptions};
+use crate::runtime::ort::{HostTensor, Session, SessionOptions};
+use crate::runtime::train_pair::open_train_and_eval;
 use anyhow::{bail, Context};
 use ndarray::{ArrayD, IxDyn};
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ impl TrainSession {
     /// Opens `dir` with a given state (a checkpoint), checked against the plan.
     pub fn with_state(dir: &Path, plan: Plan, state: State, opts: &SessionOptions) -> anyhow::Result<TrainSession> {
         check_state(&plan, &state)?;
-        let (train, eval) = open_train_and_eval(&dir.join("train_step.onnx"), &dir.join("eval.onnx"), opts)?;
+        let (train, eval) =
+            open_train_and_eval(&dir.join("train_step.onnx"), &dir.join("eval.onnx"), &plan.loss.scalars(), opts)?;
         Ok(TrainSession { dir: dir.to_path_buf(), plan, state, train, eval })
     }
 
