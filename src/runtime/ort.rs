@@ -34,6 +34,9 @@ pub enum RuntimeError {
     Run { model: String, why: String },
     #[error("{model}: {why}")]
     Value { model: String, why: String },
+    /// A graph neft could not read or write before handing it to ONNX Runtime.
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
     /// A bad value of one of neft's environment variables.
     #[error("{0}")]
     Setting(String),

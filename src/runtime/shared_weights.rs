@@ -89,7 +89,7 @@ impl SharedWeights {
         let (mut values, mut bytes) = (Vec::with_capacity(names.len()), Vec::with_capacity(names.len()));
         for name in names {
             let t = &common[name];
-            let data = model.tensor_bytes(t).map_err(|e| err(&model.path, e.to_string()))?;
+            let data = model.tensor_bytes(t)?;
             let value = tensor_over(&cpu, t, &data).map_err(|why| err(&model.path, format!("'{name}': {why}")))?;
             values.push((name.clone(), value));
             bytes.push(data);

@@ -27,13 +27,12 @@ pub fn open_train_and_eval(
     opts: &SessionOptions,
 ) -> Result<(Session, Session), RuntimeError> {
     let lean = SessionOptions { no_memory_pattern: true, ..opts.clone() };
-    let refused = |path: &Path, why: String| RuntimeError::Session { model: path.display().to_string(), why };
-    let eval_model = crate::onnx::load(eval).map_err(|e| refused(eval, e.to_string()))?;
-    let eval_model = with_outputs(eval_model, eval_outputs).map_err(|why| refused(eval, why))?;
-    let eval_bytes = crate::onnx::encode(&eval_model.proto, eval).map_err(|e| refused(eval, e.to_string()))?;
+    let eval_model = with_outputs(crate::onnx::load(eval)?, eval_outputs)
+        .map_err(|why| RuntimeError::Session { model: eval.display().to_string(), why })?;
+    let eval_bytes = crate::onnx::encode(&eval_model.proto, eval)?;
     let shared = match lean.ep == Ep::Cpu && !lean.no_packing {
         true => {
-            let train_model = crate::onnx::load(train).map_err(|e| refused(train, e.to_string()))?;
+            let train_model = crate::onnx::load(train)?;
             Some(SharedWeights::between(&[&train_model, &eval_model])?).filter(|s| !s.is_empty()).map(Arc::new)
         }
         false => None,
